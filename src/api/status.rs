@@ -1,0 +1,175 @@
+//! `BatchRun.status`: progress, the exactly-once ledger (completed ranges + aggregate, written
+//! together) and conditions that `kubectl wait`, Argo CD and Flux understand.
+//!
+//! Every list here is bounded so a 100,000-batch run keeps a small object. Optional fields are
+//! serialized as `null` rather than skipped so that a JSON merge patch of the whole status
+//! clears them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Most recent failures kept in status.
+pub const MAX_FAILURES_SHOWN: usize = 10;
+/// Output locations listed in status (the rest are only counted).
+pub const MAX_OUTPUTS_SHOWN: usize = 10;
+/// Distinct keys of `aggregate.sums`.
+pub const MAX_SUM_KEYS: usize = 64;
+
+/// The observed state of a BatchRun.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchRunStatus {
+    /// The spec generation this status reflects.
+    #[serde(default)]
+    pub observed_generation: Option<i64>,
+    /// Pending, Running, Succeeded, Failed or Suspended.
+    #[serde(default)]
+    pub phase: Option<Phase>,
+    /// Ready, Reconciling, Stalled, Complete, Failed (metav1.Condition, kstatus rules).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Records done out of all records, e.g. `40000/100000`.
+    #[serde(default)]
+    pub progress: Option<String>,
+    /// Batch counters.
+    #[serde(default)]
+    pub batches: BatchCounts,
+    /// Compact set of record ranges whose results are in the aggregate, e.g. `0-39999,50000-54999`.
+    #[serde(default)]
+    pub completed: String,
+    /// Compact set of record ranges that failed for good.
+    #[serde(default)]
+    pub failed: String,
+    /// Ranges queued again after a failure or a guard action, each with its next attempt.
+    #[serde(default)]
+    pub pending: Vec<PendingBatch>,
+    /// The merged outputs of all completed batches.
+    #[serde(default)]
+    pub aggregate: Aggregate,
+    /// Memory guard counters.
+    #[serde(default)]
+    pub guard: GuardStatus,
+    /// The most recent failed attempts (last few only).
+    #[serde(default)]
+    pub failures: Vec<FailureRecord>,
+    /// When the first batch was launched.
+    #[serde(default)]
+    pub start_time: Option<Time>,
+    /// When the run reached Succeeded or Failed.
+    #[serde(default)]
+    pub completion_time: Option<Time>,
+}
+
+/// The lifecycle phase of a run.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Nothing launched yet.
+    Pending,
+    /// Batches are running or queued.
+    Running,
+    /// Every record completed.
+    Succeeded,
+    /// Some records failed for good, or the run could not start.
+    Failed,
+    /// `spec.suspend` is set.
+    Suspended,
+}
+
+/// How many batches are in which state.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct BatchCounts {
+    /// Batch Jobs alive now.
+    #[serde(default)]
+    pub running: u64,
+    /// Attempts whose results are counted.
+    #[serde(default)]
+    pub succeeded: u64,
+    /// Attempts that failed (retried or not).
+    #[serde(default)]
+    pub failed: u64,
+    /// Attempts stopped by the memory guard.
+    #[serde(default)]
+    pub drained: u64,
+    /// Ranges waiting for a retry or a continuation.
+    #[serde(default)]
+    pub retrying: u64,
+}
+
+/// A range queued again, with the attempt it will run as.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingBatch {
+    /// First record (inclusive).
+    pub start: u64,
+    /// One past the last record.
+    pub end: u64,
+    /// The attempt number the next Job gets.
+    pub attempt: u32,
+    /// Failures of this range so far (guard actions are not counted).
+    pub failures: u32,
+    /// Not launched before this time (backoff).
+    #[serde(default)]
+    pub not_before: Option<Time>,
+    /// Why it was queued again.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// The merged results of the workers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct Aggregate {
+    /// Records the workers reported as processed.
+    #[serde(default)]
+    pub records: u64,
+    /// Per-key sums of the workers' `sums`.
+    #[serde(default)]
+    pub sums: BTreeMap<String, f64>,
+    /// Output locations the workers reported.
+    #[serde(default)]
+    pub outputs: Outputs,
+}
+
+/// Output locations: a count and the first few.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct Outputs {
+    /// How many outputs were reported in all.
+    #[serde(default)]
+    pub count: u64,
+    /// The first outputs reported (bounded).
+    #[serde(default)]
+    pub first: Vec<String>,
+}
+
+/// What the memory guard did.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardStatus {
+    /// Workers drained above the threshold.
+    #[serde(default)]
+    pub drains: u64,
+    /// Workers restarted above the threshold.
+    #[serde(default)]
+    pub restarts: u64,
+    /// Workers the kernel OOM-killed anyway.
+    #[serde(default)]
+    pub oom_kills: u64,
+    /// Highest memory use seen, in percent of the limit.
+    #[serde(default)]
+    pub peak_percent: u32,
+}
+
+/// One failed attempt.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct FailureRecord {
+    /// The records of the attempt, e.g. `25000-29999`.
+    pub range: String,
+    /// The attempt number.
+    pub attempt: u32,
+    /// A machine-readable reason, e.g. `OOMKilled`, `Error`, `BadOutput`.
+    pub reason: String,
+    /// What went wrong, for a human.
+    pub message: String,
+}

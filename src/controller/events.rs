@@ -1,0 +1,52 @@
+//! Events users care about: failed, resumed and OOM-killed batches, and the run's end.
+//! Successful batches are not announced one by one.
+
+use kube::runtime::events::{Event, EventType};
+
+use crate::plan::{Notice, RunState, Settled};
+
+pub fn event_for(notice: &Notice) -> Option<Event> {
+    let event = |type_, reason: &str, note: String, action: &str| Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: action.into(),
+        secondary: None,
+    };
+    match notice {
+        Notice::Settled { range, attempt, settled } => match settled {
+            Settled::Succeeded => None,
+            Settled::Resumed { remainder } => Some(event(
+                EventType::Normal,
+                "BatchResumed",
+                format!("records {range} attempt {attempt} stopped early; records {remainder} continue in a new Job"),
+                "Resume",
+            )),
+            Settled::Retrying { reason, message, delay_seconds } => Some(event(
+                EventType::Warning,
+                "BatchFailed",
+                format!("records {range} attempt {attempt} failed ({reason}): {message}; retrying in {delay_seconds}s"),
+                "Retry",
+            )),
+            Settled::SplitAfterOom { halves } => Some(event(
+                EventType::Warning,
+                "OOMKilled",
+                format!("records {range} attempt {attempt} was OOM-killed; retrying as {} and {}", halves[0], halves[1]),
+                "Split",
+            )),
+            Settled::FailedForGood { reason, message } => Some(event(
+                EventType::Warning,
+                "BatchFailed",
+                format!("records {range} failed for good ({reason}): {message}"),
+                "GiveUp",
+            )),
+        },
+        Notice::Finished(RunState::Succeeded { message }) => {
+            Some(event(EventType::Normal, "RunSucceeded", message.clone(), "Finish"))
+        }
+        Notice::Finished(RunState::Failed { message, .. }) => {
+            Some(event(EventType::Warning, "RunFailed", message.clone(), "Finish"))
+        }
+        Notice::Finished(_) => None,
+    }
+}

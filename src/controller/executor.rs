@@ -1,0 +1,148 @@
+//! The executor: applies a plan in the order that keeps results exactly-once — status first,
+//! then result finalizers, then new Jobs, then Events.
+
+use std::time::Duration;
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::events::event_for;
+use super::job::build_job;
+use super::labels::RESULT_FINALIZER;
+use super::{Context, Error};
+use crate::api::BatchRun;
+use crate::plan::{Notice, Plan, Settled};
+
+/// Requests sent at once when many batches launch or finish together.
+const IN_FLIGHT: usize = 8;
+/// Look at a running run at least this often, whatever the watches say.
+const RESYNC: Duration = Duration::from_secs(300);
+
+pub async fn execute(run: &BatchRun, plan: Plan, ctx: &Context) -> Result<Action, Error> {
+    let name = run.name_any();
+    let namespace = run.namespace().ok_or(Error::NoNamespace)?;
+    let runs: Api<BatchRun> = Api::namespaced(ctx.client.clone(), &namespace);
+
+    if let Some(status) = &plan.status {
+        // The resourceVersion makes this write conditional: a plan made from an old read
+        // must not overwrite a newer ledger.
+        let body = json!({"metadata": {"resourceVersion": run.resource_version()}, "status": status});
+        ctx.metrics.count_write("patch", "batchruns/status");
+        match runs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::debug!("status changed under us; planning again");
+                return Ok(Action::requeue(Duration::from_millis(100)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        ctx.metrics.set_live_workers(&namespace, &name, status.batches.running);
+    }
+
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let cached: Vec<_> = plan
+        .release
+        .iter()
+        .map(|pod_name| ctx.pods.get(&ObjectRef::new(pod_name).within(&namespace)))
+        .collect();
+    let released = stream::iter(cached)
+        .map(|cached| {
+            let pods = pods.clone();
+            async move {
+                match cached {
+                    Some(pod) => release_finalizer(&pods, &pod, ctx).await,
+                    None => Ok(()),
+                }
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let built: Vec<_> = plan.launch.iter().map(|launch| (launch.clone(), build_job(run, launch))).collect();
+    let created = stream::iter(built)
+        .map(|(launch, job)| {
+            let jobs = jobs.clone();
+            async move {
+                let job = match job {
+                    Ok(job) => job,
+                    Err(e) => {
+                        tracing::warn!(range = %launch.range, error = %e, "cannot build the batch Job");
+                        return Ok(());
+                    }
+                };
+                ctx.metrics.count_write("create", "jobs");
+                match jobs.create(&PostParams::default(), &job).await {
+                    Ok(_) => {
+                        tracing::info!(range = %launch.range, attempt = launch.attempt, "launched batch");
+                        Ok(())
+                    }
+                    // Same name, same batch attempt: it was launched already.
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                    Err(e) => Err(Error::from(e)),
+                }
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+
+    for notice in &plan.notices {
+        count(ctx, notice);
+        if let Some(event) = event_for(notice)
+            && let Err(e) = ctx.recorder.publish(&event, &run.object_ref(&())).await
+        {
+            tracing::warn!(error = %e, "could not publish an event");
+        }
+    }
+
+    released.into_iter().chain(created).collect::<Result<Vec<()>, Error>>()?;
+    let finished = matches!(
+        plan.status.as_ref().or(run.status.as_ref()).and_then(|s| s.phase),
+        Some(crate::api::Phase::Succeeded | crate::api::Phase::Failed)
+    );
+    Ok(match plan.requeue_after {
+        Some(after) => Action::requeue(after.min(RESYNC)),
+        None if finished => Action::await_change(),
+        None => Action::requeue(RESYNC),
+    })
+}
+
+/// Removes the result finalizer, and only it: the JSON patch tests the entry it removes, so a
+/// concurrent change of the pod's finalizers makes it fail instead of dropping another one.
+pub async fn release_finalizer(pods: &Api<Pod>, pod: &Pod, ctx: &Context) -> Result<(), Error> {
+    let Some(index) = pod.finalizers().iter().position(|f| f == RESULT_FINALIZER) else {
+        return Ok(());
+    };
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": RESULT_FINALIZER},
+        {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
+    ]))
+    .expect("a static JSON patch");
+    ctx.metrics.count_write("patch", "pods");
+    match pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+        Ok(_) => Ok(()),
+        // Gone already, or the finalizers moved: the next reconcile sees the new state.
+        Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409 | 422) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn count(ctx: &Context, notice: &Notice) {
+    let Notice::Settled { settled, .. } = notice else { return };
+    let result = match settled {
+        Settled::Succeeded => "succeeded",
+        Settled::Resumed { .. } => "resumed",
+        Settled::Retrying { .. } => "retried",
+        Settled::SplitAfterOom { .. } => "oom_killed",
+        Settled::FailedForGood { .. } => "failed",
+    };
+    ctx.metrics.count_batch(result);
+}

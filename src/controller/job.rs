@@ -1,0 +1,252 @@
+//! Building a batch Job from the run's spec (pure). The worker container gets the memory
+//! request and limit from the spec and the batch's environment; the pod gets the result
+//! finalizer and, unless the template says otherwise, restricted-PSS security defaults.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile,
+    SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use super::labels::{RESULT_FINALIZER, batch_labels, job_name};
+use crate::api::{BatchRun, memory_bytes};
+use crate::plan::Launch;
+use crate::worker::env;
+
+/// Largest item list passed to one worker through its environment.
+pub const MAX_ITEMS_ENV_BYTES: usize = 64 * 1024;
+
+/// Why a Job cannot be built; reported on the run as an invalid spec.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("spec.template.spec.containers must hold at least one container")]
+    NoContainer,
+    #[error("spec.resources.memory.limit: {0}")]
+    Limit(crate::api::BadQuantity),
+    #[error("the items of batch {0} take {1} bytes, more than the {MAX_ITEMS_ENV_BYTES} a worker's environment may hold: lower spec.input.batchSize")]
+    ItemsTooLarge(String, usize),
+    #[error("the run has no uid yet")]
+    NoUid,
+}
+
+/// The worker container: the one named `worker`, or else the first.
+pub fn worker_index(spec: &PodSpec) -> Option<usize> {
+    spec.containers.iter().position(|c| c.name == "worker").or((!spec.containers.is_empty()).then_some(0))
+}
+
+pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
+    let name = run.name_any();
+    let uid = run.uid().ok_or(JobError::NoUid)?;
+    let spec = &run.spec;
+    let labels = batch_labels(&name, &uid, launch.range, launch.attempt);
+    let limit_bytes = memory_bytes(&spec.resources.memory.limit).map_err(JobError::Limit)?;
+
+    let mut template = spec.template.clone();
+    let meta = template.metadata.get_or_insert_with(Default::default);
+    meta.labels.get_or_insert_with(Default::default).extend(labels.clone());
+    let finalizers = meta.finalizers.get_or_insert_with(Default::default);
+    if !finalizers.iter().any(|f| f == RESULT_FINALIZER) {
+        finalizers.push(RESULT_FINALIZER.to_string());
+    }
+    let pod = template.spec.as_mut().ok_or(JobError::NoContainer)?;
+    let worker = worker_index(pod).ok_or(JobError::NoContainer)?;
+    pod.restart_policy = Some("Never".into());
+    pod.automount_service_account_token.get_or_insert(false);
+    if pod.security_context.is_none() {
+        pod.security_context = Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+            ..Default::default()
+        });
+    }
+    pod.containers.iter_mut().chain(pod.init_containers.iter_mut().flatten()).for_each(restrict);
+
+    let mut environment = vec![
+        (env::RUN, name.clone()),
+        (env::RANGE_START, launch.range.start.to_string()),
+        (env::RANGE_END, launch.range.end.to_string()),
+        (env::ATTEMPT, launch.attempt.to_string()),
+        (env::MEMORY_LIMIT_BYTES, limit_bytes.to_string()),
+    ];
+    if let Some(items) = &spec.input.items {
+        let slice = items
+            .get(launch.range.start as usize..(launch.range.end as usize).min(items.len()))
+            .unwrap_or_default();
+        let json = serde_json::to_string(slice).unwrap_or_default();
+        if json.len() > MAX_ITEMS_ENV_BYTES {
+            return Err(JobError::ItemsTooLarge(launch.range.to_string(), json.len()));
+        }
+        environment.push((env::ITEMS, json));
+    }
+    let container = &mut pod.containers[worker];
+    set_memory(container, &spec.resources.memory.request, &spec.resources.memory.limit);
+    let vars = container.env.get_or_insert_with(Default::default);
+    vars.retain(|v| !environment.iter().any(|(k, _)| *k == v.name));
+    vars.extend(environment.into_iter().map(|(k, v)| EnvVar { name: k.into(), value: Some(v), ..Default::default() }));
+
+    Ok(Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(&name, &uid, launch.range, launch.attempt)),
+            namespace: run.namespace(),
+            labels: Some(labels),
+            owner_references: run.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            completions: Some(1),
+            parallelism: Some(1),
+            pod_replacement_policy: Some("Failed".into()),
+            ttl_seconds_after_finished: Some(spec.retention.succeeded_seconds),
+            template,
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+fn set_memory(container: &mut Container, request: &str, limit: &str) {
+    let resources = container.resources.get_or_insert_with(ResourceRequirements::default);
+    let set = |map: &mut Option<BTreeMap<String, Quantity>>, value: &str| {
+        map.get_or_insert_with(Default::default).insert("memory".into(), Quantity(value.to_string()));
+    };
+    set(&mut resources.requests, request);
+    set(&mut resources.limits, limit);
+}
+
+/// Restricted Pod Security Standard defaults for a container that sets no security context.
+fn restrict(container: &mut Container) {
+    if container.security_context.is_none() {
+        container.security_context = Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            ..Default::default()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{BatchRunSpec, InputSpec, MemoryResources, RecordRangeSpec, WorkerResources};
+    use crate::plan::RecordRange;
+    use k8s_openapi::api::core::v1::PodTemplateSpec;
+
+    fn run(items: Option<Vec<String>>) -> BatchRun {
+        let template: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "metadata": {"annotations": {"team": "payroll"}},
+            "spec": {"containers": [
+                {"name": "sidecar", "image": "busybox"},
+                {"name": "worker", "image": "acme/payroll:1.4", "env": [{"name": "BATCHGUARD_ATTEMPT", "value": "stale"}],
+                 "resources": {"requests": {"cpu": "1"}}}
+            ]}
+        }))
+        .unwrap();
+        let mut run = BatchRun::new(
+            "payroll",
+            BatchRunSpec {
+                input: InputSpec {
+                    range: items.is_none().then_some(RecordRangeSpec { start: 0, end: 100 }),
+                    items,
+                    batch_size: 10,
+                },
+                parallelism: 3,
+                template,
+                resources: WorkerResources {
+                    memory: MemoryResources { request: "1Gi".into(), limit: "2Gi".into() },
+                },
+                memory_guard: Default::default(),
+                retry: Default::default(),
+                retention: Default::default(),
+                suspend: false,
+            },
+        );
+        run.metadata.namespace = Some("ns".into());
+        run.metadata.uid = Some("uid-1".into());
+        run
+    }
+
+    fn launch() -> Launch {
+        Launch { range: RecordRange::new(10, 20), attempt: 2 }
+    }
+
+    fn env_of(job: &Job) -> BTreeMap<String, String> {
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let worker = &pod.containers[1];
+        worker.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect()
+    }
+
+    #[test]
+    fn worker_gets_memory_and_batch_environment() {
+        let job = build_job(&run(None), &launch()).unwrap();
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let resources = pod.containers[1].resources.as_ref().unwrap();
+        assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "2Gi");
+        assert_eq!(resources.requests.as_ref().unwrap()["memory"].0, "1Gi");
+        assert_eq!(resources.requests.as_ref().unwrap()["cpu"].0, "1", "other resources are kept");
+        assert!(pod.containers[0].resources.is_none(), "only the worker container is sized");
+        let env = env_of(&job);
+        assert_eq!(env["BATCHGUARD_RANGE_START"], "10");
+        assert_eq!(env["BATCHGUARD_RANGE_END"], "20");
+        assert_eq!(env["BATCHGUARD_ATTEMPT"], "2");
+        assert_eq!(env["BATCHGUARD_MEMORY_LIMIT_BYTES"], (2u64 << 30).to_string());
+        assert!(!env.contains_key("BATCHGUARD_ITEMS"));
+    }
+
+    #[test]
+    fn job_is_owned_labelled_and_never_retried_by_kubernetes() {
+        let job = build_job(&run(None), &launch()).unwrap();
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!(spec.backoff_limit, Some(0));
+        assert_eq!(spec.completions, Some(1));
+        assert_eq!(spec.pod_replacement_policy.as_deref(), Some("Failed"));
+        let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.controller), ("BatchRun", Some(true)));
+        let pod_meta = spec.template.metadata.as_ref().unwrap();
+        assert_eq!(pod_meta.labels.as_ref().unwrap()["batchguard.dev/range-start"], "10");
+        assert_eq!(pod_meta.annotations.as_ref().unwrap()["team"], "payroll");
+        assert_eq!(pod_meta.finalizers.as_deref(), Some(&["batchguard.dev/result".to_string()][..]));
+        assert_eq!(job.metadata.name, Some(job_name("payroll", "uid-1", RecordRange::new(10, 20), 2)));
+    }
+
+    #[test]
+    fn pods_follow_the_restricted_standard_by_default() {
+        let job = build_job(&run(None), &launch()).unwrap();
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        for c in &pod.containers {
+            let sc = c.security_context.as_ref().unwrap();
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
+        }
+    }
+
+    #[test]
+    fn user_security_settings_win() {
+        let mut r = run(None);
+        let pod = r.spec.template.spec.as_mut().unwrap();
+        pod.automount_service_account_token = Some(true);
+        pod.containers[1].security_context = Some(SecurityContext { privileged: Some(true), ..Default::default() });
+        let job = build_job(&r, &launch()).unwrap();
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(true));
+        assert_eq!(pod.containers[1].security_context.as_ref().unwrap().privileged, Some(true));
+    }
+
+    #[test]
+    fn items_mode_passes_the_batch_items() {
+        let items: Vec<String> = (0..30).map(|i| format!("client-{i}")).collect();
+        let job = build_job(&run(Some(items)), &launch()).unwrap();
+        let passed: Vec<String> = serde_json::from_str(&env_of(&job)["BATCHGUARD_ITEMS"]).unwrap();
+        assert_eq!(passed.first().map(String::as_str), Some("client-10"));
+        assert_eq!(passed.len(), 10);
+    }
+}

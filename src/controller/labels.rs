@@ -1,0 +1,97 @@
+//! Names, labels and finalizers that tie Jobs and pods to their run and batch.
+
+use std::collections::BTreeMap;
+
+use crate::plan::RecordRange;
+
+pub const RUN: &str = "batchguard.dev/run";
+pub const RUN_UID: &str = "batchguard.dev/run-uid";
+pub const RANGE_START: &str = "batchguard.dev/range-start";
+pub const RANGE_END: &str = "batchguard.dev/range-end";
+pub const ATTEMPT: &str = "batchguard.dev/attempt";
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGER: &str = "batchguard";
+
+/// On worker pods: the pod cannot vanish before its result is in the run's status.
+pub const RESULT_FINALIZER: &str = "batchguard.dev/result";
+/// On runs: deleting a run first releases its worker pods.
+pub const CLEANUP_FINALIZER: &str = "batchguard.dev/cleanup";
+
+/// Selects every object batchguard manages.
+pub fn managed_selector() -> String {
+    format!("{MANAGED_BY}={MANAGER}")
+}
+
+/// Labels of a batch Job and its pod.
+pub fn batch_labels(run: &str, run_uid: &str, range: RecordRange, attempt: u32) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (RUN.to_string(), truncate_label(run)),
+        (RUN_UID.to_string(), run_uid.to_string()),
+        (RANGE_START.to_string(), range.start.to_string()),
+        (RANGE_END.to_string(), range.end.to_string()),
+        (ATTEMPT.to_string(), attempt.to_string()),
+        (MANAGED_BY.to_string(), MANAGER.to_string()),
+    ])
+}
+
+/// Reads (range, attempt) back from labels.
+pub fn batch_of(labels: &BTreeMap<String, String>) -> Option<(RecordRange, u32)> {
+    let number = |key: &str| labels.get(key)?.parse::<u64>().ok();
+    let (start, end) = (number(RANGE_START)?, number(RANGE_END)?);
+    let attempt = u32::try_from(number(ATTEMPT)?).ok()?;
+    (start < end).then(|| (RecordRange::new(start, end), attempt))
+}
+
+/// The Job name: a pure function of (run, range, attempt), so creating it twice is harmless.
+/// Readable when it fits in 63 characters; the hash keeps truncated names distinct.
+pub fn job_name(run: &str, run_uid: &str, range: RecordRange, attempt: u32) -> String {
+    let key = format!("{run}/{run_uid}/{}/{}/{attempt}", range.start, range.end);
+    let suffix = format!("-{}-a{attempt}-{:06x}", range.start, fnv1a(&key) & 0xff_ffff);
+    let room = 63 - suffix.len();
+    let prefix: String = run.chars().take(room).collect();
+    format!("{}{suffix}", prefix.trim_end_matches(['-', '.']))
+}
+
+fn truncate_label(value: &str) -> String {
+    value.chars().take(63).collect::<String>().trim_end_matches(['-', '.', '_']).to_string()
+}
+
+/// 64-bit FNV-1a: stable across builds, unlike std's hasher, because names must be.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_name_is_stable_and_distinct_per_attempt() {
+        let range = RecordRange::new(5000, 10000);
+        let a1 = job_name("payroll", "uid-1", range, 1);
+        assert_eq!(a1, job_name("payroll", "uid-1", range, 1));
+        assert_ne!(a1, job_name("payroll", "uid-1", range, 2));
+        assert_ne!(a1, job_name("payroll", "uid-2", range, 1));
+        assert!(a1.starts_with("payroll-5000-a1-"), "{a1}");
+    }
+
+    #[test]
+    fn long_run_names_are_truncated_to_a_valid_name() {
+        let run = "a".repeat(80);
+        let name = job_name(&run, "uid", RecordRange::new(123_456_789, 123_456_790), 12);
+        assert!(name.len() <= 63, "{name}");
+        assert!(name.chars().next().unwrap().is_ascii_alphanumeric());
+    }
+
+    #[test]
+    fn labels_round_trip() {
+        let labels = batch_labels("run", "uid", RecordRange::new(10, 20), 3);
+        assert_eq!(batch_of(&labels), Some((RecordRange::new(10, 20), 3)));
+        assert_eq!(labels[MANAGED_BY], "batchguard");
+    }
+
+    #[test]
+    fn fnv_matches_the_reference_vector() {
+        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

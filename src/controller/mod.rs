@@ -1,0 +1,113 @@
+//! The controller: watches BatchRuns, their Jobs and worker pods, and reconciles each run by
+//! observe → plan → execute.
+
+mod events;
+mod executor;
+pub mod job;
+pub mod labels;
+pub mod observe;
+mod reconcile;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, ResourceExt};
+
+use crate::api::BatchRun;
+use crate::metrics::Metrics;
+pub use reconcile::reconcile;
+
+/// Errors of one reconcile; they requeue the run with a delay.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("the run has no namespace")]
+    NoNamespace,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub jobs: Store<Job>,
+    pub pods: Store<Pod>,
+    /// The Job and pod caches hold their first full list: until then the planner would
+    /// mistake unseen Jobs for missing ones.
+    pub caches_ready: AtomicBool,
+}
+
+/// Runs the controller until a shutdown signal, over one namespace or all of them.
+pub async fn run(client: Client, namespace: Option<String>, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+    let (runs, jobs_api, pods_api) = match &namespace {
+        Some(ns) => (Api::<BatchRun>::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::<BatchRun>::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let managed = watcher::Config::default().labels(&labels::managed_selector());
+    let (jobs, job_writer) = reflector::store::<Job>();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let job_stream = watcher(jobs_api, managed.clone())
+        .default_backoff()
+        .modify(|job: &mut Job| job.managed_fields_mut().clear())
+        .reflect(job_writer)
+        .touched_objects();
+    let pod_stream = watcher(pods_api, managed)
+        .default_backoff()
+        .modify(|pod: &mut Pod| pod.managed_fields_mut().clear())
+        .reflect(pod_writer)
+        .touched_objects();
+
+    let reporter = Reporter {
+        controller: "batchguard".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let context = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client, reporter),
+        metrics,
+        jobs: jobs.clone(),
+        pods: pods.clone(),
+        caches_ready: AtomicBool::new(false),
+    });
+    let watcher_ready = context.clone();
+    tokio::spawn(async move {
+        let (a, b) = futures::join!(jobs.wait_until_ready(), pods.wait_until_ready());
+        if a.is_ok() && b.is_ok() {
+            watcher_ready.caches_ready.store(true, Ordering::Relaxed);
+            ready.store(true, Ordering::Relaxed);
+            tracing::info!("job and pod caches synced");
+        }
+    });
+
+    Controller::new(runs, watcher::Config::default())
+        .owns_stream(job_stream)
+        .watches_stream(pod_stream, |pod: Pod| {
+            let run = pod.labels().get(labels::RUN)?.clone();
+            Some(ObjectRef::<BatchRun>::new(&run).within(&pod.namespace()?))
+        })
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(100)).concurrency(16))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "reconcile did not complete");
+            }
+        })
+        .await;
+}
+
+fn error_policy(run: Arc<BatchRun>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(run = %run.name_any(), %error, "reconcile failed, retrying");
+    Action::requeue(Duration::from_secs(5))
+}

@@ -1,0 +1,113 @@
+//! One reconcile: read the run fresh, observe its Jobs and pods, plan, execute.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams, PropagationPolicy};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, ResourceExt};
+use tracing::{Instrument, info_span};
+
+use super::executor::{execute, release_finalizer};
+use super::job::{build_job, worker_index};
+use super::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER, RUN_UID};
+use super::{Context, Error, observe};
+use crate::api::BatchRun;
+use crate::plan::{Launch, Observed, fresh_batches, plan, plan_invalid, universe};
+
+pub async fn reconcile(run: Arc<BatchRun>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let namespace = run.namespace().ok_or(Error::NoNamespace)?;
+    let span = info_span!("reconcile", run = %run.name_any(), namespace = %namespace);
+    let api: Api<BatchRun> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, CLEANUP_FINALIZER, run, |event| async {
+        match event {
+            Finalizer::Apply(run) => apply(&run, &api, &ctx).await,
+            Finalizer::Cleanup(run) => cleanup(&run, &ctx).await,
+        }
+    })
+    .instrument(span)
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.observe_reconcile(started.elapsed(), result.is_err());
+    result
+}
+
+async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<Action, Error> {
+    if !ctx.caches_ready.load(Ordering::Relaxed) {
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+    // The controller's cache may not hold our last status write yet; planning from an old
+    // ledger would relaunch finished batches, so the run is read fresh.
+    let run = api.get(&cached.name_any()).await?;
+    let uid = run.uid().unwrap_or_default();
+    let worker = run
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|pod| worker_index(pod).map(|i| pod.containers[i].name.clone()))
+        .unwrap_or_default();
+    let jobs = ctx.jobs.state();
+    let pods = ctx.pods.state();
+    let owned = |labels: &std::collections::BTreeMap<String, String>| labels.get(RUN_UID) == Some(&uid);
+    let attempts = observe::attempts(
+        jobs.iter().filter(|j| owned(j.labels())).map(|j| j.as_ref()),
+        pods.iter().filter(|p| owned(p.labels())).map(|p| p.as_ref()),
+        &worker,
+    );
+    let status = run.status.clone().unwrap_or_default();
+    let observed = Observed {
+        run_name: &run.name_any(),
+        run_uid: &uid,
+        generation: run.metadata.generation.unwrap_or_default(),
+        spec: &run.spec,
+        status: &status,
+        attempts: &attempts,
+        now: jiff::Timestamp::now(),
+    };
+    let plan = match check_spec(&run) {
+        Ok(()) => plan(&observed),
+        Err(message) => plan_invalid(&observed, message),
+    };
+    tracing::debug!(
+        launches = plan.launch.len(),
+        releases = plan.release.len(),
+        status_write = plan.status.is_some(),
+        "planned"
+    );
+    execute(&run, plan, ctx).await
+}
+
+/// What the schema cannot say about a spec: can a Job be built from it at all.
+fn check_spec(run: &BatchRun) -> Result<(), String> {
+    let first = fresh_batches(universe(&run.spec), run.spec.input.batch_size, &Default::default(), 1);
+    let Some(range) = first.first().copied() else {
+        return Err("spec.input holds no records".into());
+    };
+    build_job(run, &Launch { range, attempt: 1 }).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// A deleted run releases its worker pods (they hold the result finalizer) and its Jobs.
+async fn cleanup(run: &BatchRun, ctx: &Context) -> Result<Action, Error> {
+    let namespace = run.namespace().ok_or(Error::NoNamespace)?;
+    let uid = run.uid().unwrap_or_default();
+    let selector = format!("{RUN_UID}={uid}");
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+    jobs.delete_collection(&params, &ListParams::default().labels(&selector)).await?;
+    for pod in pods.list(&ListParams::default().labels(&selector)).await? {
+        if pod.finalizers().iter().any(|f| f == RESULT_FINALIZER) {
+            release_finalizer(&pods, &pod, ctx).await?;
+        }
+    }
+    ctx.metrics.forget_run(&namespace, &run.name_any());
+    tracing::info!(run = %run.name_any(), "run deleted: its Jobs are removed and its pods released");
+    Ok(Action::await_change())
+}
+

@@ -1,0 +1,13 @@
+//! batchguard: runs big data jobs as many small, memory-guarded worker Jobs.
+//!
+//! `api` holds the BatchRun resource, `plan` the pure core that decides, `controller` the thin
+//! shell that observes and applies, `worker` the contract with the worker processes.
+
+pub mod admin;
+pub mod api;
+pub mod controller;
+pub mod leader;
+pub mod metrics;
+pub mod plan;
+pub mod telemetry;
+pub mod worker;

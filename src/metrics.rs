@@ -1,0 +1,92 @@
+//! The operator's own Prometheus metrics, served on `/metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub verb: String,
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    pub namespace: String,
+    pub run: String,
+}
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Counter,
+    pub reconcile_errors: Counter,
+    pub reconcile_duration: Histogram,
+    pub batches: Family<ResultLabels, Counter>,
+    pub live_workers: Family<RunLabels, Gauge>,
+    pub api_writes: Family<RequestLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("batchguard");
+        let reconciles = Counter::default();
+        let reconcile_errors = Counter::default();
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let batches = Family::<ResultLabels, Counter>::default();
+        let live_workers = Family::<RunLabels, Gauge>::default();
+        let api_writes = Family::<RequestLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles of BatchRuns", reconciles.clone());
+        registry.register("reconcile_errors", "Reconciles that ended in an error", reconcile_errors.clone());
+        registry.register("reconcile_duration_seconds", "Time one reconcile takes", reconcile_duration.clone());
+        registry.register("batches", "Settled batch attempts by result", batches.clone());
+        registry.register("live_workers", "Batch Jobs alive per run", live_workers.clone());
+        registry.register("api_writes", "Write requests the operator sent, by verb and resource", api_writes.clone());
+        Self { registry, reconciles, reconcile_errors, reconcile_duration, batches, live_workers, api_writes }
+    }
+}
+
+impl Metrics {
+    pub fn observe_reconcile(&self, took: Duration, failed: bool) {
+        self.reconciles.inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+        if failed {
+            self.reconcile_errors.inc();
+        }
+    }
+
+    pub fn count_batch(&self, result: &str) {
+        self.batches.get_or_create(&ResultLabels { result: result.to_string() }).inc();
+    }
+
+    pub fn count_write(&self, verb: &str, resource: &str) {
+        self.api_writes.get_or_create(&RequestLabels { verb: verb.into(), resource: resource.into() }).inc();
+    }
+
+    pub fn set_live_workers(&self, namespace: &str, run: &str, live: u64) {
+        let labels = RunLabels { namespace: namespace.into(), run: run.into() };
+        self.live_workers.get_or_create(&labels).set(live as i64);
+    }
+
+    pub fn forget_run(&self, namespace: &str, run: &str) {
+        self.live_workers.remove(&RunLabels { namespace: namespace.into(), run: run.into() });
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}

@@ -1,0 +1,148 @@
+//! Phase and conditions, by Kubernetes API conventions and the kstatus rules that Argo CD,
+//! Flux and `kubectl wait` read: `Reconciling=True` while work is under way, `Stalled=True` when
+//! the run cannot make progress, `Ready=True` only when it succeeded; `Complete` and `Failed`
+//! are added when the run ends, like a Job's.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::Phase;
+
+/// Where a run stands, with the words users will read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunState {
+    Pending { message: String },
+    Running { message: String },
+    Suspended { message: String },
+    Succeeded { message: String },
+    Failed { reason: String, message: String },
+}
+
+impl RunState {
+    pub fn phase(&self) -> Phase {
+        match self {
+            RunState::Pending { .. } => Phase::Pending,
+            RunState::Running { .. } => Phase::Running,
+            RunState::Suspended { .. } => Phase::Suspended,
+            RunState::Succeeded { .. } => Phase::Succeeded,
+            RunState::Failed { .. } => Phase::Failed,
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(self, RunState::Succeeded { .. } | RunState::Failed { .. })
+    }
+
+    /// The conditions for this state; transition times are kept from `previous` when the
+    /// status of a condition did not change.
+    pub fn conditions(&self, generation: i64, previous: &[Condition], now: Timestamp) -> Vec<Condition> {
+        let (ready, reconciling, stalled, ended) = match self {
+            RunState::Pending { message } => (
+                ("False", "Pending", message),
+                ("True", "Pending", message),
+                ("False", "Progressing", message),
+                None,
+            ),
+            RunState::Running { message } => (
+                ("False", "Running", message),
+                ("True", "Running", message),
+                ("False", "Progressing", message),
+                None,
+            ),
+            RunState::Suspended { message } => (
+                ("False", "Suspended", message),
+                ("False", "Suspended", message),
+                ("False", "Suspended", message),
+                None,
+            ),
+            RunState::Succeeded { message } => (
+                ("True", "Succeeded", message),
+                ("False", "Succeeded", message),
+                ("False", "Succeeded", message),
+                Some(("Complete", "Succeeded", message)),
+            ),
+            RunState::Failed { reason, message } => (
+                ("False", reason.as_str(), message),
+                ("False", reason.as_str(), message),
+                ("True", reason.as_str(), message),
+                Some(("Failed", reason.as_str(), message)),
+            ),
+        };
+        let make = |type_: &str, (status, reason, message): (&str, &str, &String)| {
+            let since = previous
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or(Time(now));
+            Condition {
+                type_: type_.to_string(),
+                status: status.to_string(),
+                reason: reason.to_string(),
+                message: message.clone(),
+                observed_generation: Some(generation),
+                last_transition_time: since,
+            }
+        };
+        let mut conditions = vec![
+            make("Ready", ready),
+            make("Reconciling", reconciling),
+            make("Stalled", stalled),
+        ];
+        if let Some((type_, reason, message)) = ended {
+            conditions.push(make(type_, ("True", reason, message)));
+        }
+        conditions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn find<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
+        conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn running_run_is_reconciling_and_not_ready() {
+        let c = RunState::Running { message: "m".into() }.conditions(2, &[], now());
+        assert_eq!(find(&c, "Reconciling").status, "True");
+        assert_eq!(find(&c, "Ready").status, "False");
+        assert_eq!(find(&c, "Stalled").status, "False");
+        assert!(c.iter().all(|c| c.observed_generation == Some(2)));
+        assert!(!c.iter().any(|c| c.type_ == "Complete" || c.type_ == "Failed"));
+    }
+
+    #[test]
+    fn succeeded_run_is_ready_and_complete() {
+        let c = RunState::Succeeded { message: "done".into() }.conditions(1, &[], now());
+        assert_eq!(find(&c, "Ready").status, "True");
+        assert_eq!(find(&c, "Complete").status, "True");
+        assert_eq!(find(&c, "Reconciling").status, "False");
+    }
+
+    #[test]
+    fn failed_run_is_stalled_with_its_reason() {
+        let state = RunState::Failed { reason: "BatchesFailed".into(), message: "0-9 failed".into() };
+        let c = state.conditions(1, &[], now());
+        assert_eq!(find(&c, "Stalled").status, "True");
+        assert_eq!(find(&c, "Failed").reason, "BatchesFailed");
+        assert_eq!(find(&c, "Failed").message, "0-9 failed");
+        assert_eq!(find(&c, "Ready").status, "False");
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_the_status_changes() {
+        let before = RunState::Running { message: "a".into() }.conditions(1, &[], now());
+        let later = now() + std::time::Duration::from_secs(60);
+        let again = RunState::Running { message: "b".into() }.conditions(1, &before, later);
+        assert_eq!(find(&again, "Ready").last_transition_time, Time(now()));
+        let done = RunState::Succeeded { message: "c".into() }.conditions(1, &again, later);
+        assert_eq!(find(&done, "Ready").last_transition_time, Time(later));
+        assert_eq!(find(&done, "Stalled").last_transition_time, Time(now()));
+    }
+}

@@ -1,0 +1,22 @@
+//! The pure core: ranges, batch cutting, backoff, settling results and the planner
+//! (observed state in, actions out). Nothing here talks to Kubernetes.
+
+mod backoff;
+mod conditions;
+mod cutting;
+mod ledger;
+mod observed;
+mod planner;
+#[cfg(test)]
+mod planner_tests;
+mod ranges;
+mod settle;
+
+pub use backoff::*;
+pub use conditions::*;
+pub use cutting::*;
+pub use ledger::*;
+pub use observed::*;
+pub use planner::*;
+pub use ranges::*;
+pub use settle::*;

@@ -1,0 +1,84 @@
+//! What the planner sees: a run and the attempts (Jobs and their pods) that belong to it,
+//! reduced to the facts that matter. The controller builds these from the API objects.
+
+use jiff::Timestamp;
+
+use super::RecordRange;
+use crate::api::BatchRunSpec;
+
+/// One attempt: a Job for a range, its worker pod, or both.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedAttempt {
+    pub range: RecordRange,
+    pub attempt: u32,
+    pub job: Option<JobState>,
+    pub pods: Vec<PodState>,
+}
+
+/// What matters about a batch Job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobState {
+    pub name: String,
+    /// Deletion requested (by us, the TTL controller or a user).
+    pub deleting: bool,
+    /// Set once the Job has a terminal condition.
+    pub finished: Option<JobFinish>,
+}
+
+/// A Job's terminal condition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobFinish {
+    pub failed: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// What matters about a worker pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodState {
+    pub name: String,
+    /// Our `batchguard.dev/result` finalizer is still on the pod.
+    pub holds_result: bool,
+    pub deleting: bool,
+    /// Set once the worker container (or the pod) has terminated.
+    pub exit: Option<WorkerExit>,
+}
+
+/// How the worker container ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerExit {
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub finished_at: Option<Timestamp>,
+}
+
+/// Everything one reconcile knows.
+#[derive(Clone, Debug)]
+pub struct Observed<'a> {
+    pub run_name: &'a str,
+    /// Seeds the retry jitter, so a recreated run with the same name spreads differently.
+    pub run_uid: &'a str,
+    pub generation: i64,
+    pub spec: &'a BatchRunSpec,
+    pub status: &'a crate::api::BatchRunStatus,
+    pub attempts: &'a [ObservedAttempt],
+    pub now: Timestamp,
+}
+
+impl ObservedAttempt {
+    /// Still holding (or about to hold) a worker: counts against parallelism.
+    pub fn is_alive(&self) -> bool {
+        match &self.job {
+            // Until the Job itself is terminal: that is what `kubectl get jobs` shows as active.
+            Some(job) => !job.deleting && job.finished.is_none(),
+            None => self.pods.iter().any(|p| p.exit.is_none() && !p.deleting),
+        }
+    }
+
+    /// The worker has ended, or the Job gave up without a worker result.
+    pub fn worker_ended(&self) -> bool {
+        self.pods.iter().any(|p| p.exit.is_some())
+            || self.job.as_ref().is_some_and(|j| j.finished.as_ref().is_some_and(|f| f.failed))
+    }
+}

@@ -1,0 +1,342 @@
+//! Settling a finished attempt: what its worker reported, and how that moves its records in
+//! the ledger (completed, queued again, or failed for good).
+
+use jiff::Timestamp;
+
+use super::{Ledger, ObservedAttempt, RecordRange, Requeued, retry_delay};
+use crate::api::{FailureRecord, OnPressure, RetryPolicy};
+use crate::worker::{BadOutput, WorkerResult};
+
+/// Longest failure message kept in status.
+const MAX_FAILURE_MESSAGE: usize = 512;
+
+/// How an attempt ended, as far as the ledger cares.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The worker reported a result; a `resumeFrom` before the end leaves a remainder.
+    Finished(WorkerResult),
+    /// The attempt failed; `partial` holds what a checkpointing worker finished first.
+    Failed {
+        reason: String,
+        message: String,
+        partial: Option<WorkerResult>,
+    },
+}
+
+/// A user-visible consequence of settling, turned into an Event by the executor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Settled {
+    Succeeded,
+    Resumed { remainder: RecordRange },
+    Retrying { reason: String, message: String, delay_seconds: u64 },
+    SplitAfterOom { halves: [RecordRange; 2] },
+    FailedForGood { reason: String, message: String },
+}
+
+/// Reads the outcome of an attempt whose worker ended.
+pub fn outcome_of(attempt: &ObservedAttempt) -> Option<Outcome> {
+    let range = attempt.range;
+    if let Some(exit) = attempt.pods.iter().find_map(|p| p.exit.as_ref()) {
+        let parsed = WorkerResult::parse(&exit.message, range);
+        return Some(if exit.exit_code == 0 {
+            match parsed {
+                Ok(result) => Outcome::Finished(result),
+                Err(bad) => bad_output(bad),
+            }
+        } else {
+            let partial = parsed.ok().filter(|r| r.resume_from.is_some());
+            let detail = if partial.is_some() || exit.message.trim().is_empty() {
+                String::new()
+            } else {
+                format!(": {}", exit.message.trim())
+            };
+            Outcome::Failed {
+                reason: non_empty(&exit.reason, "Error"),
+                message: format!("worker exited with code {}{detail}", exit.exit_code),
+                partial,
+            }
+        });
+    }
+    let finish = attempt.job.as_ref()?.finished.as_ref().filter(|f| f.failed)?;
+    Some(Outcome::Failed {
+        reason: non_empty(&finish.reason, "JobFailed"),
+        message: format!("the Job failed before its worker reported a result: {}", finish.message),
+        partial: None,
+    })
+}
+
+fn bad_output(bad: BadOutput) -> Outcome {
+    Outcome::Failed { reason: "BadOutput".into(), message: bad.to_string(), partial: None }
+}
+
+fn non_empty(text: &str, fallback: &str) -> String {
+    if text.is_empty() { fallback.to_string() } else { text.to_string() }
+}
+
+/// Settles one attempt into the ledger. The caller checked `ledger.awaits(range, attempt)`.
+pub fn settle(
+    ledger: &mut Ledger,
+    range: RecordRange,
+    attempt: u32,
+    outcome: Outcome,
+    policy: &SettlePolicy,
+    now: Timestamp,
+) -> Settled {
+    let failures = ledger
+        .pending_index(range, attempt)
+        .map(|i| ledger.pending.remove(i).failures)
+        .unwrap_or(0);
+    let requeue = |range, reason: &str, failures, delay: std::time::Duration| Requeued {
+        range,
+        attempt: attempt + 1,
+        failures,
+        not_before: (!delay.is_zero()).then(|| now + delay),
+        reason: reason.to_string(),
+    };
+    match outcome {
+        Outcome::Finished(result) => {
+            if let Err(err) = ledger.add_result(result.done(range), &result) {
+                return settle(ledger, range, attempt, bad_output_text(err.to_string()), policy, now);
+            }
+            ledger.succeeded += 1;
+            let remainder = result.remainder(range);
+            if remainder.is_empty() {
+                return Settled::Succeeded;
+            }
+            ledger.drained += 1;
+            for part in pieces(remainder, policy.on_pressure) {
+                ledger.pending.push(requeue(part, "Resumed", failures, Default::default()));
+            }
+            Settled::Resumed { remainder }
+        }
+        Outcome::Failed { reason, message, partial } => {
+            let mut rest = range;
+            if let Some(result) = partial {
+                if ledger.add_result(result.done(range), &result).is_ok() {
+                    rest = result.remainder(range);
+                }
+            }
+            let message = truncate(&message, MAX_FAILURE_MESSAGE);
+            ledger.record_failure(FailureRecord {
+                range: range.to_string(),
+                attempt,
+                reason: reason.clone(),
+                message: message.clone(),
+            });
+            if rest.is_empty() {
+                return Settled::Succeeded;
+            }
+            if reason == "OOMKilled" {
+                ledger.guard.oom_kills += 1;
+                if rest.len() > 1 {
+                    let halves = rest.halves();
+                    for half in halves {
+                        ledger.pending.push(requeue(half, "OOMKilled", failures, Default::default()));
+                    }
+                    return Settled::SplitAfterOom { halves };
+                }
+            }
+            let failures = failures + 1;
+            if failures >= policy.retry.max_attempts {
+                ledger.failed.insert(rest);
+                ledger.failed_batches += 1;
+                let message = format!("{message} (attempt {attempt}, {failures} failures: no retries left)");
+                return Settled::FailedForGood { reason, message };
+            }
+            let delay = retry_delay(&policy.retry.backoff, failures, (policy.seed, rest, attempt));
+            ledger.pending.push(requeue(rest, &reason, failures, delay));
+            Settled::Retrying { reason, message, delay_seconds: delay.as_secs() }
+        }
+    }
+}
+
+fn bad_output_text(message: String) -> Outcome {
+    Outcome::Failed { reason: "BadOutput".into(), message, partial: None }
+}
+
+/// How a remainder is queued again.
+fn pieces(remainder: RecordRange, on_pressure: OnPressure) -> Vec<RecordRange> {
+    match on_pressure {
+        OnPressure::Split if remainder.len() > 1 => remainder.halves().to_vec(),
+        _ => vec![remainder],
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// The parts of the spec that settling needs.
+#[derive(Clone, Debug)]
+pub struct SettlePolicy<'a> {
+    pub retry: &'a RetryPolicy,
+    pub on_pressure: OnPressure,
+    /// Seeds the jitter (the run's uid).
+    pub seed: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{JobFinish, JobState, PodState, WorkerExit};
+
+    const BATCH: RecordRange = RecordRange { start: 0, end: 100 };
+
+    fn policy(retry: &RetryPolicy) -> SettlePolicy<'_> {
+        SettlePolicy { retry, on_pressure: OnPressure::Resume, seed: "uid" }
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn ended(exit_code: i32, reason: &str, message: &str) -> ObservedAttempt {
+        ObservedAttempt {
+            range: BATCH,
+            attempt: 1,
+            job: None,
+            pods: vec![PodState {
+                name: "p".into(),
+                holds_result: true,
+                deleting: false,
+                exit: Some(WorkerExit {
+                    exit_code,
+                    reason: reason.into(),
+                    message: message.into(),
+                    finished_at: None,
+                }),
+            }],
+        }
+    }
+
+    #[test]
+    fn success_with_result_is_finished() {
+        let outcome = outcome_of(&ended(0, "Completed", r#"{"records": 100}"#)).unwrap();
+        assert_eq!(outcome, Outcome::Finished(WorkerResult { records: 100, ..Default::default() }));
+    }
+
+    #[test]
+    fn success_without_result_is_bad_output() {
+        let Outcome::Failed { reason, message, .. } = outcome_of(&ended(0, "Completed", "")).unwrap() else {
+            panic!("expected a failure");
+        };
+        assert_eq!(reason, "BadOutput");
+        assert!(message.contains("wrote no result"), "{message}");
+    }
+
+    #[test]
+    fn failure_keeps_reason_and_exit_code() {
+        let Outcome::Failed { reason, message, partial } = outcome_of(&ended(137, "OOMKilled", "")).unwrap() else {
+            panic!("expected a failure");
+        };
+        assert_eq!(reason, "OOMKilled");
+        assert_eq!(message, "worker exited with code 137");
+        assert_eq!(partial, None);
+    }
+
+    #[test]
+    fn job_failure_without_pod_is_a_failure() {
+        let attempt = ObservedAttempt {
+            range: BATCH,
+            attempt: 1,
+            job: Some(JobState {
+                name: "j".into(),
+                deleting: false,
+                finished: Some(JobFinish { failed: true, reason: "DeadlineExceeded".into(), message: "too slow".into() }),
+            }),
+            pods: vec![],
+        };
+        let Outcome::Failed { reason, .. } = outcome_of(&attempt).unwrap() else { panic!() };
+        assert_eq!(reason, "DeadlineExceeded");
+    }
+
+    #[test]
+    fn running_attempt_has_no_outcome() {
+        let mut attempt = ended(0, "", "");
+        attempt.pods[0].exit = None;
+        assert_eq!(outcome_of(&attempt), None);
+    }
+
+    #[test]
+    fn failure_is_retried_with_backoff_until_attempts_run_out() {
+        let retry = RetryPolicy::default();
+        let policy = policy(&retry);
+        let mut ledger = Ledger::default();
+        let fail = || Outcome::Failed { reason: "Error".into(), message: "boom".into(), partial: None };
+
+        let first = settle(&mut ledger, BATCH, 1, fail(), &policy, now());
+        assert!(matches!(first, Settled::Retrying { delay_seconds, .. } if delay_seconds <= 10));
+        assert_eq!(ledger.pending.len(), 1);
+        assert_eq!((ledger.pending[0].attempt, ledger.pending[0].failures), (2, 1));
+
+        settle(&mut ledger, BATCH, 2, fail(), &policy, now());
+        assert_eq!((ledger.pending[0].attempt, ledger.pending[0].failures), (3, 2));
+
+        let last = settle(&mut ledger, BATCH, 3, fail(), &policy, now());
+        assert!(matches!(last, Settled::FailedForGood { ref message, .. } if message.contains("no retries left")));
+        assert!(ledger.pending.is_empty());
+        assert_eq!(ledger.failed.to_string(), "0-99");
+        assert_eq!(ledger.failed_batches, 1);
+        assert_eq!(ledger.failures.len(), 3);
+    }
+
+    #[test]
+    fn checkpointed_result_is_counted_and_the_rest_resumes() {
+        let retry = RetryPolicy::default();
+        let mut ledger = Ledger::default();
+        let result = WorkerResult { records: 40, resume_from: Some(40), ..Default::default() };
+        let settled = settle(&mut ledger, BATCH, 1, Outcome::Finished(result), &policy(&retry), now());
+        assert_eq!(settled, Settled::Resumed { remainder: RecordRange::new(40, 100) });
+        assert_eq!(ledger.completed.to_string(), "0-39");
+        assert_eq!(ledger.aggregate.records, 40);
+        let next = &ledger.pending[0];
+        assert_eq!((next.range, next.attempt, next.failures, next.not_before), (RecordRange::new(40, 100), 2, 0, None));
+    }
+
+    #[test]
+    fn split_policy_queues_the_rest_in_halves() {
+        let retry = RetryPolicy::default();
+        let policy = SettlePolicy { retry: &retry, on_pressure: OnPressure::Split, seed: "uid" };
+        let mut ledger = Ledger::default();
+        let result = WorkerResult { records: 20, resume_from: Some(20), ..Default::default() };
+        settle(&mut ledger, BATCH, 1, Outcome::Finished(result), &policy, now());
+        let ranges: Vec<_> = ledger.pending.iter().map(|p| p.range).collect();
+        assert_eq!(ranges, vec![RecordRange::new(20, 60), RecordRange::new(60, 100)]);
+    }
+
+    #[test]
+    fn oom_killed_batch_is_retried_in_halves_without_using_an_attempt() {
+        let retry = RetryPolicy::default();
+        let mut ledger = Ledger::default();
+        let oom = Outcome::Failed { reason: "OOMKilled".into(), message: "exit 137".into(), partial: None };
+        let settled = settle(&mut ledger, BATCH, 1, oom, &policy(&retry), now());
+        assert_eq!(settled, Settled::SplitAfterOom { halves: BATCH.halves() });
+        assert!(ledger.pending.iter().all(|p| p.failures == 0 && p.attempt == 2));
+        assert_eq!(ledger.guard.oom_kills, 1);
+    }
+
+    #[test]
+    fn failing_worker_with_checkpoint_keeps_its_progress() {
+        let retry = RetryPolicy::default();
+        let mut ledger = Ledger::default();
+        let partial = WorkerResult { records: 10, resume_from: Some(10), ..Default::default() };
+        let failed = Outcome::Failed { reason: "Error".into(), message: "x".into(), partial: Some(partial) };
+        settle(&mut ledger, BATCH, 1, failed, &policy(&retry), now());
+        assert_eq!(ledger.completed.to_string(), "0-9");
+        assert_eq!(ledger.pending[0].range, RecordRange::new(10, 100));
+    }
+
+    #[test]
+    fn long_failure_messages_are_truncated_on_a_char_boundary() {
+        let text = "é".repeat(600);
+        let cut = truncate(&text, 511);
+        assert!(cut.len() <= 514 && cut.ends_with('…'));
+    }
+}
