@@ -1,0 +1,191 @@
+//! Shared helpers of the integration tests. They run against the local cluster that
+//! `tests/cluster/up` starts (or any cluster KUBECONFIG points at) and fail loudly without one.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use batchguard::api::BatchRun;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, CustomResourceExt, ResourceExt};
+
+/// A client for the test cluster, or a panic that says how to get one.
+pub async fn client() -> Client {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        panic!(
+            "KUBECONFIG is not set: start the local cluster with `eval \"$(tests/cluster/up)\"` \
+             (or point KUBECONFIG at your own cluster) before running the tests"
+        );
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Client::try_default().await.expect("a client for the cluster in KUBECONFIG")
+}
+
+/// Installs (or updates) the BatchRun CRD and waits until it is served.
+pub async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = BatchRun::crd();
+    let params = PatchParams::apply("batchguard-tests").force();
+    crds.patch(&crd.name_any(), &params, &Patch::Apply(&crd)).await.expect("CRD applied");
+    wait_for("the BatchRun CRD to be established", Duration::from_secs(30), || async {
+        let crd = crds.get(&BatchRun::crd_name()).await.ok()?;
+        let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+        established.then_some(())
+    })
+    .await;
+    // Discovery of a new resource lags the condition a little.
+    let runs: Api<BatchRun> = Api::namespaced(client.clone(), "default");
+    wait_for("BatchRuns to be listable", Duration::from_secs(30), || async { runs.list(&Default::default()).await.ok().map(|_| ()) }).await;
+}
+
+/// A namespace of its own for one test, deleted when dropped.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let suffix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000;
+        let name = format!("{prefix}-{suffix}");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        namespaces.create(&PostParams::default(), &ns).await.expect("namespace created");
+        Self { name, client: client.clone() }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let name = self.name.clone();
+        // Best effort: the namespace goes away in the background.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let namespaces: Api<Namespace> = Api::all(client);
+                let _ = namespaces.delete(&name, &DeleteParams::background()).await;
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+/// The operator binary running as its own process, watching one namespace.
+pub struct Operator {
+    child: Child,
+    pub admin: String,
+    pub log: PathBuf,
+    namespace: String,
+}
+
+impl Operator {
+    pub fn start(namespace: &str) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(namespace, port)
+    }
+
+    fn start_on(namespace: &str, port: u16) -> Self {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("{namespace}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_batchguard"))
+            .args(["--namespace", namespace, "--admin-address", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "info,batchguard=debug,kube=warn")
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("the operator binary starts");
+        Self { child, admin: format!("127.0.0.1:{port}"), log, namespace: namespace.to_string() }
+    }
+
+    /// SIGKILL: no graceful shutdown, exactly like a crashed or evicted operator.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        let port: u16 = self.admin.rsplit(':').next().unwrap().parse().unwrap();
+        *self = Self::start_on(&self.namespace.clone(), port);
+    }
+
+    /// The operator's own metrics text.
+    pub async fn metrics(&self) -> String {
+        http_get(&self.admin, "/metrics").await.unwrap_or_default()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A bare HTTP/1.0 GET on loopback, enough for the admin endpoints.
+pub async fn http_get(address: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.ok()?;
+    body.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// Polls `check` until it yields a value, or panics naming what never happened.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A BatchRun manifest from YAML text.
+pub fn batch_run(yaml: &str) -> BatchRun {
+    serde_yaml::from_str(yaml).expect("a valid BatchRun manifest")
+}
+
+/// Runs kubectl (the cluster's own, first on PATH after `tests/cluster/up`).
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl on PATH");
+    if let Some(text) = stdin {
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
