@@ -24,7 +24,11 @@ struct AdminState {
     health: Arc<Health>,
 }
 
-pub async fn serve(address: SocketAddr, metrics: Arc<Metrics>, health: Arc<Health>) -> std::io::Result<()> {
+pub async fn serve(
+    address: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -35,8 +39,13 @@ pub async fn serve(address: SocketAddr, metrics: Arc<Metrics>, health: Arc<Healt
     axum::serve(listener, app).await
 }
 
-async fn render_metrics(State(state): State<AdminState>) -> ([(&'static str, &'static str); 1], String) {
-    ([("content-type", "text/plain; version=0.0.4")], state.metrics.render())
+async fn render_metrics(
+    State(state): State<AdminState>,
+) -> ([(&'static str, &'static str); 1], String) {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
 
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {

@@ -11,7 +11,12 @@ const LEASE_SECONDS: u64 = 15;
 
 /// Blocks until this replica holds the lease; the returned receiver turns `false` when the
 /// lease is lost, and the caller must then stop reconciling.
-pub async fn acquire(client: Client, namespace: &str, name: &str, identity: String) -> kube_lease_manager::Result<watch::Receiver<bool>> {
+pub async fn acquire(
+    client: Client,
+    namespace: &str,
+    name: &str,
+    identity: String,
+) -> kube_lease_manager::Result<watch::Receiver<bool>> {
     let manager = LeaseManagerBuilder::new(client, name)
         .with_namespace(namespace)
         .with_parameters(LeaseParams::new(identity, LEASE_SECONDS, 5))

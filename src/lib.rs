@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod api;
 pub mod controller;
+pub mod guard;
 pub mod leader;
 pub mod metrics;
 pub mod plan;

@@ -8,6 +8,8 @@ use clap::Parser;
 use kube::Client;
 
 use batchguard::admin::{self, Health};
+use batchguard::guard::prometheus::{Prometheus, PrometheusFlags};
+use batchguard::guard::promql::MemoryMetric;
 use batchguard::metrics::Metrics;
 use batchguard::telemetry::{self, LogFormat};
 use batchguard::{controller, leader};
@@ -17,13 +19,22 @@ use batchguard::{controller, leader};
 #[command(version, about)]
 struct Flags {
     /// Namespaces to watch (repeat or comma-separate); all namespaces when empty.
-    #[arg(long = "namespace", env = "BATCHGUARD_NAMESPACES", value_delimiter = ',')]
+    #[arg(
+        long = "namespace",
+        env = "BATCHGUARD_NAMESPACES",
+        value_delimiter = ','
+    )]
     namespaces: Vec<String>,
     /// Address of the admin server (/metrics, /healthz, /readyz).
     #[arg(long, env = "BATCHGUARD_ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
     admin_address: SocketAddr,
     /// Log format.
-    #[arg(long, env = "BATCHGUARD_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "BATCHGUARD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     log_format: LogFormat,
     /// Take a Lease before reconciling, so that several replicas are safe.
     #[arg(long, env = "BATCHGUARD_LEADER_ELECTION", default_value_t = false)]
@@ -32,11 +43,25 @@ struct Flags {
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
     /// Name of the leader election Lease.
-    #[arg(long, env = "BATCHGUARD_LEASE_NAME", default_value = "batchguard-leader")]
+    #[arg(
+        long,
+        env = "BATCHGUARD_LEASE_NAME",
+        default_value = "batchguard-leader"
+    )]
     lease_name: String,
-    /// Base URL of the Prometheus that scrapes worker memory (used by the memory guard).
-    #[arg(long, env = "PROMETHEUS_URL")]
-    prometheus_url: Option<String>,
+    #[command(flatten)]
+    prometheus: PrometheusFlags,
+    /// How often the memory guard reads worker memory.
+    #[arg(long, env = "BATCHGUARD_POLL_INTERVAL_SECONDS", default_value_t = 5)]
+    poll_interval_seconds: u64,
+    /// Which memory series the guard reads.
+    #[arg(
+        long,
+        env = "BATCHGUARD_MEMORY_METRIC",
+        value_enum,
+        default_value = "working-set"
+    )]
+    memory_metric: MemoryMetric,
 }
 
 #[tokio::main]
@@ -50,11 +75,24 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
-    tokio::spawn(admin::serve(flags.admin_address, metrics.clone(), health.clone()));
+    tokio::spawn(admin::serve(
+        flags.admin_address,
+        metrics.clone(),
+        health.clone(),
+    ));
 
     let leadership = if flags.leader_election {
-        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("batchguard-{}", std::process::id()));
-        Some(leader::acquire(client.clone(), &flags.lease_namespace, &flags.lease_name, identity).await?)
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("batchguard-{}", std::process::id()));
+        Some(
+            leader::acquire(
+                client.clone(),
+                &flags.lease_namespace,
+                &flags.lease_name,
+                identity,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -65,9 +103,28 @@ async fn main() -> anyhow::Result<()> {
     } else {
         flags.namespaces.iter().cloned().map(Some).collect()
     };
-    let controllers = futures::future::join_all(
-        namespaces.into_iter().map(|ns| controller::run(client.clone(), ns, metrics.clone(), ready.clone())),
-    );
+    let guard = |flags: &Flags| -> anyhow::Result<Option<controller::GuardSettings>> {
+        let Some(url) = &flags.prometheus.prometheus_url else {
+            tracing::warn!("no --prometheus-url: the memory guard is off");
+            return Ok(None);
+        };
+        Ok(Some(controller::GuardSettings {
+            prometheus: Prometheus::new(url, &flags.prometheus)?,
+            metric: flags.memory_metric,
+            interval: std::time::Duration::from_secs(flags.poll_interval_seconds.max(1)),
+        }))
+    };
+    let mut controllers = Vec::new();
+    for ns in namespaces {
+        controllers.push(controller::run(
+            client.clone(),
+            ns,
+            metrics.clone(),
+            ready.clone(),
+            guard(&flags)?,
+        ));
+    }
+    let controllers = futures::future::join_all(controllers);
     let readiness = {
         let health = health.clone();
         let ready = ready.clone();
@@ -75,7 +132,9 @@ async fn main() -> anyhow::Result<()> {
             while !ready.load(std::sync::atomic::Ordering::Relaxed) {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+            health
+                .ready
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     };
     tokio::spawn(readiness);

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub batches: Family<ResultLabels, Counter>,
     pub live_workers: Family<RunLabels, Gauge>,
     pub api_writes: Family<RequestLabels, Counter>,
+    pub guard_queries: Counter,
+    pub guard_query_failures: Counter,
+    pub guard_query_duration: Histogram,
+    pub guard_actions: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -47,12 +51,68 @@ impl Default for Metrics {
         let live_workers = Family::<RunLabels, Gauge>::default();
         let api_writes = Family::<RequestLabels, Counter>::default();
         registry.register("reconciles", "Reconciles of BatchRuns", reconciles.clone());
-        registry.register("reconcile_errors", "Reconciles that ended in an error", reconcile_errors.clone());
-        registry.register("reconcile_duration_seconds", "Time one reconcile takes", reconcile_duration.clone());
-        registry.register("batches", "Settled batch attempts by result", batches.clone());
-        registry.register("live_workers", "Batch Jobs alive per run", live_workers.clone());
-        registry.register("api_writes", "Write requests the operator sent, by verb and resource", api_writes.clone());
-        Self { registry, reconciles, reconcile_errors, reconcile_duration, batches, live_workers, api_writes }
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that ended in an error",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile takes",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "batches",
+            "Settled batch attempts by result",
+            batches.clone(),
+        );
+        registry.register(
+            "live_workers",
+            "Batch Jobs alive per run",
+            live_workers.clone(),
+        );
+        registry.register(
+            "api_writes",
+            "Write requests the operator sent, by verb and resource",
+            api_writes.clone(),
+        );
+        let guard_queries = Counter::default();
+        let guard_query_failures = Counter::default();
+        let guard_query_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let guard_actions = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "guard_queries",
+            "Memory queries sent to Prometheus",
+            guard_queries.clone(),
+        );
+        registry.register(
+            "guard_query_failures",
+            "Memory queries that failed",
+            guard_query_failures.clone(),
+        );
+        registry.register(
+            "guard_query_duration_seconds",
+            "Latency of memory queries",
+            guard_query_duration.clone(),
+        );
+        registry.register(
+            "guard_actions",
+            "Guard actions by kind",
+            guard_actions.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            batches,
+            live_workers,
+            api_writes,
+            guard_queries,
+            guard_query_failures,
+            guard_query_duration,
+            guard_actions,
+        }
     }
 }
 
@@ -66,20 +126,51 @@ impl Metrics {
     }
 
     pub fn count_batch(&self, result: &str) {
-        self.batches.get_or_create(&ResultLabels { result: result.to_string() }).inc();
+        self.batches
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn observe_guard_query(&self, took: Duration, failed: bool) {
+        self.guard_queries.inc();
+        self.guard_query_duration.observe(took.as_secs_f64());
+        if failed {
+            self.guard_query_failures.inc();
+        }
+    }
+
+    pub fn count_guard_action(&self, action: &str) {
+        self.guard_actions
+            .get_or_create(&ResultLabels {
+                result: action.to_string(),
+            })
+            .inc();
     }
 
     pub fn count_write(&self, verb: &str, resource: &str) {
-        self.api_writes.get_or_create(&RequestLabels { verb: verb.into(), resource: resource.into() }).inc();
+        self.api_writes
+            .get_or_create(&RequestLabels {
+                verb: verb.into(),
+                resource: resource.into(),
+            })
+            .inc();
     }
 
     pub fn set_live_workers(&self, namespace: &str, run: &str, live: u64) {
-        let labels = RunLabels { namespace: namespace.into(), run: run.into() };
+        let labels = RunLabels {
+            namespace: namespace.into(),
+            run: run.into(),
+        };
         self.live_workers.get_or_create(&labels).set(live as i64);
     }
 
     pub fn forget_run(&self, namespace: &str, run: &str) {
-        self.live_workers.remove(&RunLabels { namespace: namespace.into(), run: run.into() });
+        self.live_workers.remove(&RunLabels {
+            namespace: namespace.into(),
+            run: run.into(),
+        });
     }
 
     /// The text exposition format.

@@ -20,7 +20,14 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use support::*;
 
-fn manifest(name: &str, end: u64, batch_size: u64, parallelism: u32, annotations: &str, extra: &str) -> BatchRun {
+fn manifest(
+    name: &str,
+    end: u64,
+    batch_size: u64,
+    parallelism: u32,
+    annotations: &str,
+    extra: &str,
+) -> BatchRun {
     batch_run(&format!(
         r#"
 apiVersion: batchguard.dev/v1alpha1
@@ -47,10 +54,17 @@ spec:
 }
 
 async fn create(api: &Api<BatchRun>, run: &BatchRun) {
-    api.create(&PostParams::default(), run).await.expect("BatchRun created");
+    api.create(&PostParams::default(), run)
+        .await
+        .expect("BatchRun created");
 }
 
-async fn wait_finished(api: &Api<BatchRun>, name: &str, timeout: Duration, operator: &Operator) -> BatchRun {
+async fn wait_finished(
+    api: &Api<BatchRun>,
+    name: &str,
+    timeout: Duration,
+    operator: &Operator,
+) -> BatchRun {
     let deadline = Instant::now() + timeout;
     loop {
         let run = api.get(name).await.expect("run readable");
@@ -69,7 +83,10 @@ async fn wait_finished(api: &Api<BatchRun>, name: &str, timeout: Duration, opera
 }
 
 /// Samples, from the API, how many of the namespace's batch Jobs and worker pods are alive.
-fn sample_alive(client: &Client, namespace: &str) -> (Arc<Mutex<(usize, usize)>>, tokio::task::JoinHandle<()>) {
+fn sample_alive(
+    client: &Client,
+    namespace: &str,
+) -> (Arc<Mutex<(usize, usize)>>, tokio::task::JoinHandle<()>) {
     let peak = Arc::new(Mutex::new((0usize, 0usize)));
     let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
@@ -82,14 +99,22 @@ fn sample_alive(client: &Client, namespace: &str) -> (Arc<Mutex<(usize, usize)>>
                     .iter()
                     .filter(|j| j.metadata.deletion_timestamp.is_none())
                     .filter(|j| {
-                        !j.status.iter().flat_map(|s| s.conditions.iter().flatten()).any(|c| {
-                            c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed")
-                        })
+                        !j.status
+                            .iter()
+                            .flat_map(|s| s.conditions.iter().flatten())
+                            .any(|c| {
+                                c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed")
+                            })
                     })
                     .count();
                 let live_pods = pods
                     .iter()
-                    .filter(|p| matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Pending" | "Running") | None))
+                    .filter(|p| {
+                        matches!(
+                            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                            Some("Pending" | "Running") | None
+                        )
+                    })
                     .count();
                 let mut peak = seen.lock().unwrap();
                 peak.0 = peak.0.max(live_jobs);
@@ -101,8 +126,14 @@ fn sample_alive(client: &Client, namespace: &str) -> (Arc<Mutex<(usize, usize)>>
     (peak, task)
 }
 
+/// Job UIDs seen per "range/attempt".
+type JobsSeen = Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>;
+
 /// Records every Job UID ever created per (range, attempt).
-fn record_jobs(client: &Client, namespace: &str) -> (Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>, tokio::task::JoinHandle<()>) {
+fn record_jobs(
+    client: &Client,
+    namespace: &str,
+) -> (JobsSeen, tokio::task::JoinHandle<()>) {
     let seen = Arc::new(Mutex::new(BTreeMap::<String, BTreeSet<String>>::new()));
     let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
     let record = seen.clone();
@@ -117,19 +148,40 @@ fn record_jobs(client: &Client, namespace: &str) -> (Arc<Mutex<BTreeMap<String, 
                 let labels = job.labels();
                 let key = format!(
                     "{}-{}/a{}",
-                    labels.get("batchguard.dev/range-start").cloned().unwrap_or_default(),
-                    labels.get("batchguard.dev/range-end").cloned().unwrap_or_default(),
-                    labels.get("batchguard.dev/attempt").cloned().unwrap_or_default()
+                    labels
+                        .get("batchguard.dev/range-start")
+                        .cloned()
+                        .unwrap_or_default(),
+                    labels
+                        .get("batchguard.dev/range-end")
+                        .cloned()
+                        .unwrap_or_default(),
+                    labels
+                        .get("batchguard.dev/attempt")
+                        .cloned()
+                        .unwrap_or_default()
                 );
-                record.lock().unwrap().entry(key).or_default().insert(job.uid().unwrap_or_default());
+                record
+                    .lock()
+                    .unwrap()
+                    .entry(key)
+                    .or_default()
+                    .insert(job.uid().unwrap_or_default());
             }
         }
     });
     (seen, task)
 }
 
-fn condition<'a>(run: &'a BatchRun, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    run.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+fn condition<'a>(
+    run: &'a BatchRun,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    run.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
 #[tokio::test]
@@ -142,7 +194,18 @@ async fn twenty_batches_complete_with_the_exact_aggregate_within_the_parallelism
     let (peak, sampler) = sample_alive(&client, &ns.name);
 
     let started = Instant::now();
-    create(&runs, &manifest("payroll", 2000, 100, 4, r#"sim.batchguard.dev/duration: "2s""#, "")).await;
+    create(
+        &runs,
+        &manifest(
+            "payroll",
+            2000,
+            100,
+            4,
+            r#"sim.batchguard.dev/duration: "2s""#,
+            "",
+        ),
+    )
+    .await;
     let run = wait_finished(&runs, "payroll", Duration::from_secs(240), &operator).await;
     let took = started.elapsed();
     sampler.abort();
@@ -156,22 +219,41 @@ async fn twenty_batches_complete_with_the_exact_aggregate_within_the_parallelism
     assert_eq!(status.aggregate.outputs.count, 20);
     assert_eq!(status.batches.succeeded, 20);
     assert_eq!(status.batches.failed, 0);
-    assert_eq!(condition(&run, "Complete").map(|c| c.status.as_str()), Some("True"));
-    assert_eq!(condition(&run, "Ready").map(|c| c.status.as_str()), Some("True"));
+    assert_eq!(
+        condition(&run, "Complete").map(|c| c.status.as_str()),
+        Some("True")
+    );
+    assert_eq!(
+        condition(&run, "Ready").map(|c| c.status.as_str()),
+        Some("True")
+    );
     let (jobs_peak, pods_peak) = *peak.lock().unwrap();
-    assert!(jobs_peak <= 4 && pods_peak <= 4, "parallelism 4 exceeded: {jobs_peak} Jobs, {pods_peak} pods alive at once");
+    assert!(
+        jobs_peak <= 4 && pods_peak <= 4,
+        "parallelism 4 exceeded: {jobs_peak} Jobs, {pods_peak} pods alive at once"
+    );
     assert!(jobs_peak >= 2, "batches ran in parallel (peak {jobs_peak})");
-    println!("20-batch run took {:.1}s; peak alive Jobs {jobs_peak}, pods {pods_peak}", took.as_secs_f64());
+    println!(
+        "20-batch run took {:.1}s; peak alive Jobs {jobs_peak}, pods {pods_peak}",
+        took.as_secs_f64()
+    );
 
     // Finished batches leave nothing behind: Jobs removed, pods released and collected.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    wait_for("worker pods to be released and removed", Duration::from_secs(60), || async {
-        let left = pods.list(&ListParams::default()).await.ok()?;
-        left.items.is_empty().then_some(())
-    })
+    wait_for(
+        "worker pods to be released and removed",
+        Duration::from_secs(60),
+        || async {
+            let left = pods.list(&ListParams::default()).await.ok()?;
+            left.items.is_empty().then_some(())
+        },
+    )
     .await;
     let metrics = operator.metrics().await;
-    assert!(metrics.contains("batchguard_batches_total{result=\"succeeded\"} 20"), "{metrics}");
+    assert!(
+        metrics.contains("batchguard_batches_total{result=\"succeeded\"} 20"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -193,11 +275,18 @@ async fn failed_batches_are_retried_and_reported_past_max_attempts() {
     let flaky = wait_finished(&runs, "flaky", Duration::from_secs(180), &operator).await;
     let status = flaky.status.clone().unwrap();
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
-    assert_eq!(status.aggregate.records, 500, "the retried batch is counted once");
+    assert_eq!(
+        status.aggregate.records, 500,
+        "the retried batch is counted once"
+    );
     assert_eq!(status.failures.len(), 1);
     assert_eq!(status.failures[0].range, "100-199");
     assert_eq!(status.failures[0].attempt, 1);
-    assert!(status.failures[0].message.contains("disk hiccup"), "{:?}", status.failures[0]);
+    assert!(
+        status.failures[0].message.contains("disk hiccup"),
+        "{:?}",
+        status.failures[0]
+    );
 
     let broken = wait_finished(&runs, "broken", Duration::from_secs(180), &operator).await;
     let status = broken.status.clone().unwrap();
@@ -207,12 +296,27 @@ async fn failed_batches_are_retried_and_reported_past_max_attempts() {
     assert_eq!(status.aggregate.records, 400);
     assert_eq!(status.batches.failed, 1);
     let failed = condition(&broken, "Failed").expect("a Failed condition");
-    assert!(failed.message.contains("records 300-399 failed after 2 attempts"), "{}", failed.message);
+    assert!(
+        failed
+            .message
+            .contains("records 300-399 failed after 2 attempts"),
+        "{}",
+        failed.message
+    );
     assert!(failed.message.contains("bad row 345"), "{}", failed.message);
-    assert_eq!(condition(&broken, "Stalled").map(|c| c.status.as_str()), Some("True"));
+    assert_eq!(
+        condition(&broken, "Stalled").map(|c| c.status.as_str()),
+        Some("True")
+    );
 
     let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
-    let reasons: Vec<String> = events.list(&ListParams::default()).await.unwrap().iter().filter_map(|e| e.reason.clone()).collect();
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.reason.clone())
+        .collect();
     assert!(reasons.iter().any(|r| r == "BatchFailed"), "{reasons:?}");
     assert!(reasons.iter().any(|r| r == "RunFailed"), "{reasons:?}");
     assert!(reasons.iter().any(|r| r == "RunSucceeded"), "{reasons:?}");
@@ -232,7 +336,10 @@ async fn an_oom_killed_batch_is_retried_in_halves() {
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
     assert_eq!(status.aggregate.records, 300);
     assert_eq!(status.guard.oom_kills, 1);
-    assert_eq!(status.aggregate.outputs.count, 4, "two halves of 0-99 and two whole batches");
+    assert_eq!(
+        status.aggregate.outputs.count, 4,
+        "two halves of 0-99 and two whole batches"
+    );
     assert_eq!(status.failures[0].reason, "OOMKilled");
 }
 
@@ -245,11 +352,27 @@ async fn sigkilled_operator_ends_with_the_exact_aggregate_and_one_job_per_attemp
     let runs: Api<BatchRun> = Api::namespaced(client.clone(), &ns.name);
     let (jobs_seen, recorder) = record_jobs(&client, &ns.name);
 
-    create(&runs, &manifest("crashy", 3000, 100, 5, r#"sim.batchguard.dev/duration: "1500ms""#, "")).await;
+    create(
+        &runs,
+        &manifest(
+            "crashy",
+            3000,
+            100,
+            5,
+            r#"sim.batchguard.dev/duration: "1500ms""#,
+            "",
+        ),
+    )
+    .await;
     // SIGKILL at pseudo-random moments: the delays come from the clock, the sequence differs per run.
-    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
     for kill in 1..=5 {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let delay = Duration::from_millis(700 + (seed >> 33) % 3000);
         tokio::time::sleep(delay).await;
         operator.restart();
@@ -264,9 +387,17 @@ async fn sigkilled_operator_ends_with_the_exact_aggregate_and_one_job_per_attemp
     assert_eq!(status.aggregate.outputs.count, 30);
     assert_eq!(status.completed, "0-2999");
     let seen = jobs_seen.lock().unwrap();
-    assert_eq!(seen.len(), 30, "one attempt per batch: {:?}", seen.keys().collect::<Vec<_>>());
+    assert_eq!(
+        seen.len(),
+        30,
+        "one attempt per batch: {:?}",
+        seen.keys().collect::<Vec<_>>()
+    );
     let doubled: Vec<_> = seen.iter().filter(|(_, uids)| uids.len() > 1).collect();
-    assert!(doubled.is_empty(), "batch attempts created twice: {doubled:?}");
+    assert!(
+        doubled.is_empty(),
+        "batch attempts created twice: {doubled:?}"
+    );
 }
 
 #[tokio::test]
@@ -279,29 +410,56 @@ async fn suspend_holds_new_batches_and_deletion_releases_workers() {
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
 
-    create(&runs, &manifest("held", 1000, 100, 2, r#"sim.batchguard.dev/duration: "30s""#, "  suspend: true")).await;
+    create(
+        &runs,
+        &manifest(
+            "held",
+            1000,
+            100,
+            2,
+            r#"sim.batchguard.dev/duration: "30s""#,
+            "  suspend: true",
+        ),
+    )
+    .await;
     wait_for("the Suspended phase", Duration::from_secs(30), || async {
         let run = runs.get("held").await.ok()?;
         (run.status?.phase == Some(Phase::Suspended)).then_some(())
     })
     .await;
-    assert!(jobs.list(&ListParams::default()).await.unwrap().items.is_empty(), "a suspended run launches nothing");
+    assert!(
+        jobs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "a suspended run launches nothing"
+    );
 
     let resume = serde_json::json!({"spec": {"suspend": false}});
-    runs.patch("held", &PatchParams::default(), &Patch::Merge(&resume)).await.unwrap();
+    runs.patch("held", &PatchParams::default(), &Patch::Merge(&resume))
+        .await
+        .unwrap();
     wait_for("two running workers", Duration::from_secs(60), || async {
         let list = pods.list(&ListParams::default()).await.ok()?;
-        let running = list.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).count();
+        let running = list
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .count();
         (running == 2).then_some(())
     })
     .await;
 
     runs.delete("held", &DeleteParams::default()).await.unwrap();
-    wait_for("the run and its workers to be gone", Duration::from_secs(90), || async {
-        let run_gone = runs.get_opt("held").await.ok()?.is_none();
-        let pods_left = pods.list(&ListParams::default()).await.ok()?.items.len();
-        (run_gone && pods_left == 0).then_some(())
-    })
+    wait_for(
+        "the run and its workers to be gone",
+        Duration::from_secs(90),
+        || async {
+            let run_gone = runs.get_opt("held").await.ok()?.is_none();
+            let pods_left = pods.list(&ListParams::default()).await.ok()?.items.len();
+            (run_gone && pods_left == 0).then_some(())
+        },
+    )
     .await;
     drop(operator);
 }

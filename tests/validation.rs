@@ -32,7 +32,11 @@ fn edit(path: &str, value: Option<&str>) -> String {
     for key in &keys[..keys.len() - 1] {
         node = match key.parse::<usize>() {
             Ok(i) => &mut node[i],
-            Err(_) => node.as_mapping_mut().unwrap().entry(Value::from(*key)).or_insert(Value::Mapping(Default::default())),
+            Err(_) => node
+                .as_mapping_mut()
+                .unwrap()
+                .entry(Value::from(*key))
+                .or_insert(Value::Mapping(Default::default())),
         };
     }
     let last = *keys.last().unwrap();
@@ -54,43 +58,141 @@ async fn invalid_manifests_are_rejected_at_apply_naming_the_field() {
     install_crd(&client).await;
     let ns = TestNamespace::new(&client, "validation").await;
     let cases: Vec<(&str, String, &str)> = vec![
-        ("range and items", edit("spec.input.items", Some("[a, b]")), "spec.input must set exactly one of range or items"),
-        ("neither range nor items", edit("spec.input.range", None), "spec.input must set exactly one of range or items"),
-        ("end before start", edit("spec.input.range", Some("{start: 50, end: 50}")), "spec.input.range.end must be greater than spec.input.range.start"),
-        ("negative start", edit("spec.input.range", Some("{start: -1, end: 50}")), "spec.input.range.start"),
-        ("zero batch size", edit("spec.input.batchSize", Some("0")), "spec.input.batchSize"),
-        ("empty items", edit("spec.input", Some("{items: [], batchSize: 1}")), "spec.input.items"),
-        ("zero parallelism", edit("spec.parallelism", Some("0")), "spec.parallelism"),
-        ("request above limit", edit("spec.resources.memory", Some("{request: 3Gi, limit: 2Gi}")), "spec.resources.memory.request must not be greater than spec.resources.memory.limit"),
-        ("request not a quantity", edit("spec.resources.memory.request", Some("lots")), "spec.resources.memory.request must be a quantity"),
-        ("limit not a quantity", edit("spec.resources.memory.limit", Some("2GB")), "spec.resources.memory.limit must be a quantity"),
-        ("memory missing", edit("spec.resources", None), "spec.resources"),
-        ("threshold zero", edit("spec.memoryGuard", Some("{threshold: 0}")), "spec.memoryGuard.threshold"),
-        ("threshold 100", edit("spec.memoryGuard", Some("{threshold: 100}")), "spec.memoryGuard.threshold"),
-        ("unknown action", edit("spec.memoryGuard", Some("{action: Kill}")), "spec.memoryGuard.action"),
-        ("unknown onPressure", edit("spec.memoryGuard", Some("{onPressure: Halve}")), "spec.memoryGuard.onPressure"),
-        ("no containers", edit("spec.template.spec.containers", Some("[]")), "spec.template.spec.containers must hold at least one container"),
-        ("no template spec", edit("spec.template", Some("{metadata: {labels: {a: b}}}")), "spec.template.spec.containers must hold at least one container"),
-        ("zero max attempts", edit("spec.retry", Some("{maxAttempts: 0}")), "spec.retry.maxAttempts"),
-        ("backoff base above max", edit("spec.retry", Some("{backoff: {baseSeconds: 60, maxSeconds: 10}}")), "spec.retry.backoff.baseSeconds must not be greater than maxSeconds"),
-        ("typo in the worker template", edit("spec.template.spec.containers.0.imagee", Some("x")), "imagee"),
-        ("name too long", edit("metadata.name", Some(&"n".repeat(64))), "metadata.name must be at most 63 characters"),
+        (
+            "range and items",
+            edit("spec.input.items", Some("[a, b]")),
+            "spec.input must set exactly one of range or items",
+        ),
+        (
+            "neither range nor items",
+            edit("spec.input.range", None),
+            "spec.input must set exactly one of range or items",
+        ),
+        (
+            "end before start",
+            edit("spec.input.range", Some("{start: 50, end: 50}")),
+            "spec.input.range.end must be greater than spec.input.range.start",
+        ),
+        (
+            "negative start",
+            edit("spec.input.range", Some("{start: -1, end: 50}")),
+            "spec.input.range.start",
+        ),
+        (
+            "zero batch size",
+            edit("spec.input.batchSize", Some("0")),
+            "spec.input.batchSize",
+        ),
+        (
+            "empty items",
+            edit("spec.input", Some("{items: [], batchSize: 1}")),
+            "spec.input.items",
+        ),
+        (
+            "zero parallelism",
+            edit("spec.parallelism", Some("0")),
+            "spec.parallelism",
+        ),
+        (
+            "request above limit",
+            edit("spec.resources.memory", Some("{request: 3Gi, limit: 2Gi}")),
+            "spec.resources.memory.request must not be greater than spec.resources.memory.limit",
+        ),
+        (
+            "request not a quantity",
+            edit("spec.resources.memory.request", Some("lots")),
+            "spec.resources.memory.request must be a quantity",
+        ),
+        (
+            "limit not a quantity",
+            edit("spec.resources.memory.limit", Some("2GB")),
+            "spec.resources.memory.limit must be a quantity",
+        ),
+        (
+            "memory missing",
+            edit("spec.resources", None),
+            "spec.resources",
+        ),
+        (
+            "threshold zero",
+            edit("spec.memoryGuard", Some("{threshold: 0}")),
+            "spec.memoryGuard.threshold",
+        ),
+        (
+            "threshold 100",
+            edit("spec.memoryGuard", Some("{threshold: 100}")),
+            "spec.memoryGuard.threshold",
+        ),
+        (
+            "unknown action",
+            edit("spec.memoryGuard", Some("{action: Kill}")),
+            "spec.memoryGuard.action",
+        ),
+        (
+            "unknown onPressure",
+            edit("spec.memoryGuard", Some("{onPressure: Halve}")),
+            "spec.memoryGuard.onPressure",
+        ),
+        (
+            "no containers",
+            edit("spec.template.spec.containers", Some("[]")),
+            "spec.template.spec.containers must hold at least one container",
+        ),
+        (
+            "no template spec",
+            edit("spec.template", Some("{metadata: {labels: {a: b}}}")),
+            "spec.template.spec.containers must hold at least one container",
+        ),
+        (
+            "zero max attempts",
+            edit("spec.retry", Some("{maxAttempts: 0}")),
+            "spec.retry.maxAttempts",
+        ),
+        (
+            "backoff base above max",
+            edit(
+                "spec.retry",
+                Some("{backoff: {baseSeconds: 60, maxSeconds: 10}}"),
+            ),
+            "spec.retry.backoff.baseSeconds must not be greater than maxSeconds",
+        ),
+        (
+            "typo in the worker template",
+            edit("spec.template.spec.containers.0.imagee", Some("x")),
+            "imagee",
+        ),
+        (
+            "name too long",
+            edit("metadata.name", Some(&"n".repeat(64))),
+            "metadata.name must be at most 63 characters",
+        ),
     ];
     assert!(cases.len() >= 15);
     let mut failures = vec![];
     for (what, manifest, expected) in &cases {
         let (ok, _, stderr) = kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(manifest));
         if ok || !stderr.contains(expected) {
-            failures.push(format!("{what}: accepted={ok}, expected {expected:?} in: {stderr}"));
+            failures.push(format!(
+                "{what}: accepted={ok}, expected {expected:?} in: {stderr}"
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases wrong:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 
     let (ok, _, stderr) = kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(VALID));
     assert!(ok, "the valid manifest applies: {stderr}");
     let changed = edit("spec.input.batchSize", Some("20"));
     let (ok, _, stderr) = kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(&changed));
-    assert!(!ok && stderr.contains("spec.input is immutable"), "input is immutable: {stderr}");
+    assert!(
+        !ok && stderr.contains("spec.input is immutable"),
+        "input is immutable: {stderr}"
+    );
     let resized = edit("spec.parallelism", Some("5"));
     let (ok, _, stderr) = kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(&resized));
     assert!(ok, "parallelism may change mid-run: {stderr}");

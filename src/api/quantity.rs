@@ -10,7 +10,9 @@ pub struct BadQuantity(pub String);
 pub fn memory_bytes(quantity: &str) -> Result<u64, BadQuantity> {
     let bad = || BadQuantity(quantity.to_string());
     let text = quantity.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+'))
+        .unwrap_or(text.len());
     let (number, suffix) = text.split_at(split);
     let number: f64 = number.parse().map_err(|_| bad())?;
     let multiplier: f64 = match suffix {
@@ -28,7 +30,9 @@ pub fn memory_bytes(quantity: &str) -> Result<u64, BadQuantity> {
         "Ti" => 1024f64.powi(4),
         "Pi" => 1024f64.powi(5),
         "Ei" => 1024f64.powi(6),
-        exp if exp.starts_with(['e', 'E']) => 10f64.powi(exp[1..].parse::<i32>().map_err(|_| bad())?),
+        exp if exp.starts_with(['e', 'E']) => {
+            10f64.powi(exp[1..].parse::<i32>().map_err(|_| bad())?)
+        }
         _ => return Err(bad()),
     };
     let bytes = (number * multiplier).ceil();

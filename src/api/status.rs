@@ -159,6 +159,12 @@ pub struct GuardStatus {
     /// Highest memory use seen, in percent of the limit.
     #[serde(default)]
     pub peak_percent: u32,
+    /// Learned from finished batches: peak worker memory per record.
+    #[serde(default)]
+    pub bytes_per_record: u64,
+    /// Size of the batches launched now (at most `spec.input.batchSize`).
+    #[serde(default)]
+    pub batch_size: u64,
 }
 
 /// One failed attempt.

@@ -14,25 +14,57 @@ pub fn event_for(notice: &Notice) -> Option<Event> {
         secondary: None,
     };
     match notice {
-        Notice::Settled { range, attempt, settled } => match settled {
+        Notice::Settled {
+            range,
+            attempt,
+            settled,
+        } => match settled {
             Settled::Succeeded => None,
             Settled::Resumed { remainder } => Some(event(
                 EventType::Normal,
                 "BatchResumed",
-                format!("records {range} attempt {attempt} stopped early; records {remainder} continue in a new Job"),
+                format!(
+                    "records {range} attempt {attempt} stopped early; records {remainder} continue in a new Job"
+                ),
                 "Resume",
             )),
-            Settled::Retrying { reason, message, delay_seconds } => Some(event(
+            Settled::Retrying {
+                reason,
+                message,
+                delay_seconds,
+            } => Some(event(
                 EventType::Warning,
                 "BatchFailed",
-                format!("records {range} attempt {attempt} failed ({reason}): {message}; retrying in {delay_seconds}s"),
+                format!(
+                    "records {range} attempt {attempt} failed ({reason}): {message}; retrying in {delay_seconds}s"
+                ),
                 "Retry",
             )),
             Settled::SplitAfterOom { halves } => Some(event(
                 EventType::Warning,
                 "OOMKilled",
-                format!("records {range} attempt {attempt} was OOM-killed; retrying as {} and {}", halves[0], halves[1]),
+                format!(
+                    "records {range} attempt {attempt} was OOM-killed; retrying as {} and {}",
+                    halves[0], halves[1]
+                ),
                 "Split",
+            )),
+            Settled::Stopped {
+                action,
+                remainder,
+                pieces,
+            } => Some(event(
+                EventType::Normal,
+                "BatchContinued",
+                format!(
+                    "records {range} attempt {attempt} was stopped by the memory guard ({action:?}); records {remainder} continue as {}",
+                    pieces
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+                "Continue",
             )),
             Settled::FailedForGood { reason, message } => Some(event(
                 EventType::Warning,
@@ -41,12 +73,18 @@ pub fn event_for(notice: &Notice) -> Option<Event> {
                 "GiveUp",
             )),
         },
-        Notice::Finished(RunState::Succeeded { message }) => {
-            Some(event(EventType::Normal, "RunSucceeded", message.clone(), "Finish"))
-        }
-        Notice::Finished(RunState::Failed { message, .. }) => {
-            Some(event(EventType::Warning, "RunFailed", message.clone(), "Finish"))
-        }
+        Notice::Finished(RunState::Succeeded { message }) => Some(event(
+            EventType::Normal,
+            "RunSucceeded",
+            message.clone(),
+            "Finish",
+        )),
+        Notice::Finished(RunState::Failed { message, .. }) => Some(event(
+            EventType::Warning,
+            "RunFailed",
+            message.clone(),
+            "Finish",
+        )),
         Notice::Finished(_) => None,
     }
 }

@@ -32,9 +32,13 @@ pub async fn execute(run: &BatchRun, plan: Plan, ctx: &Context) -> Result<Action
     if let Some(status) = &plan.status {
         // The resourceVersion makes this write conditional: a plan made from an old read
         // must not overwrite a newer ledger.
-        let body = json!({"metadata": {"resourceVersion": run.resource_version()}, "status": status});
+        let body =
+            json!({"metadata": {"resourceVersion": run.resource_version()}, "status": status});
         ctx.metrics.count_write("patch", "batchruns/status");
-        match runs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await {
+        match runs
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 tracing::debug!("status changed under us; planning again");
@@ -42,7 +46,8 @@ pub async fn execute(run: &BatchRun, plan: Plan, ctx: &Context) -> Result<Action
             }
             Err(e) => return Err(e.into()),
         }
-        ctx.metrics.set_live_workers(&namespace, &name, status.batches.running);
+        ctx.metrics
+            .set_live_workers(&namespace, &name, status.batches.running);
     }
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -66,7 +71,11 @@ pub async fn execute(run: &BatchRun, plan: Plan, ctx: &Context) -> Result<Action
         .await;
 
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
-    let built: Vec<_> = plan.launch.iter().map(|launch| (launch.clone(), build_job(run, launch))).collect();
+    let built: Vec<_> = plan
+        .launch
+        .iter()
+        .map(|launch| (launch.clone(), build_job(run, launch)))
+        .collect();
     let created = stream::iter(built)
         .map(|(launch, job)| {
             let jobs = jobs.clone();
@@ -103,9 +112,15 @@ pub async fn execute(run: &BatchRun, plan: Plan, ctx: &Context) -> Result<Action
         }
     }
 
-    released.into_iter().chain(created).collect::<Result<Vec<()>, Error>>()?;
+    released
+        .into_iter()
+        .chain(created)
+        .collect::<Result<Vec<()>, Error>>()?;
     let finished = matches!(
-        plan.status.as_ref().or(run.status.as_ref()).and_then(|s| s.phase),
+        plan.status
+            .as_ref()
+            .or(run.status.as_ref())
+            .and_then(|s| s.phase),
         Some(crate::api::Phase::Succeeded | crate::api::Phase::Failed)
     );
     Ok(match plan.requeue_after {
@@ -127,7 +142,14 @@ pub async fn release_finalizer(pods: &Api<Pod>, pod: &Pod, ctx: &Context) -> Res
     ]))
     .expect("a static JSON patch");
     ctx.metrics.count_write("patch", "pods");
-    match pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+    match pods
+        .patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         // Gone already, or the finalizers moved: the next reconcile sees the new state.
         Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409 | 422) => Ok(()),
@@ -136,13 +158,16 @@ pub async fn release_finalizer(pods: &Api<Pod>, pod: &Pod, ctx: &Context) -> Res
 }
 
 fn count(ctx: &Context, notice: &Notice) {
-    let Notice::Settled { settled, .. } = notice else { return };
+    let Notice::Settled { settled, .. } = notice else {
+        return;
+    };
     let result = match settled {
         Settled::Succeeded => "succeeded",
         Settled::Resumed { .. } => "resumed",
         Settled::Retrying { .. } => "retried",
         Settled::SplitAfterOom { .. } => "oom_killed",
         Settled::FailedForGood { .. } => "failed",
+        Settled::Stopped { .. } => "stopped_by_guard",
     };
     ctx.metrics.count_batch(result);
 }

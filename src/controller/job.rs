@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile,
-    SecurityContext,
+    Capabilities, Container, EnvVar, PodSecurityContext, PodSpec, ResourceRequirements,
+    SeccompProfile, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
@@ -28,7 +28,9 @@ pub enum JobError {
     NoContainer,
     #[error("spec.resources.memory.limit: {0}")]
     Limit(crate::api::BadQuantity),
-    #[error("the items of batch {0} take {1} bytes, more than the {MAX_ITEMS_ENV_BYTES} a worker's environment may hold: lower spec.input.batchSize")]
+    #[error(
+        "the items of batch {0} take {1} bytes, more than the {MAX_ITEMS_ENV_BYTES} a worker's environment may hold: lower spec.input.batchSize"
+    )]
     ItemsTooLarge(String, usize),
     #[error("the run has no uid yet")]
     NoUid,
@@ -36,7 +38,10 @@ pub enum JobError {
 
 /// The worker container: the one named `worker`, or else the first.
 pub fn worker_index(spec: &PodSpec) -> Option<usize> {
-    spec.containers.iter().position(|c| c.name == "worker").or((!spec.containers.is_empty()).then_some(0))
+    spec.containers
+        .iter()
+        .position(|c| c.name == "worker")
+        .or((!spec.containers.is_empty()).then_some(0))
 }
 
 pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
@@ -48,7 +53,9 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
 
     let mut template = spec.template.clone();
     let meta = template.metadata.get_or_insert_with(Default::default);
-    meta.labels.get_or_insert_with(Default::default).extend(labels.clone());
+    meta.labels
+        .get_or_insert_with(Default::default)
+        .extend(labels.clone());
     let finalizers = meta.finalizers.get_or_insert_with(Default::default);
     if !finalizers.iter().any(|f| f == RESULT_FINALIZER) {
         finalizers.push(RESULT_FINALIZER.to_string());
@@ -60,11 +67,17 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
     if pod.security_context.is_none() {
         pod.security_context = Some(PodSecurityContext {
             run_as_non_root: Some(true),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         });
     }
-    pod.containers.iter_mut().chain(pod.init_containers.iter_mut().flatten()).for_each(restrict);
+    pod.containers
+        .iter_mut()
+        .chain(pod.init_containers.iter_mut().flatten())
+        .for_each(restrict);
 
     let mut environment = vec![
         (env::RUN, name.clone()),
@@ -79,15 +92,26 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
             .unwrap_or_default();
         let json = serde_json::to_string(slice).unwrap_or_default();
         if json.len() > MAX_ITEMS_ENV_BYTES {
-            return Err(JobError::ItemsTooLarge(launch.range.to_string(), json.len()));
+            return Err(JobError::ItemsTooLarge(
+                launch.range.to_string(),
+                json.len(),
+            ));
         }
         environment.push((env::ITEMS, json));
     }
     let container = &mut pod.containers[worker];
-    set_memory(container, &spec.resources.memory.request, &spec.resources.memory.limit);
+    set_memory(
+        container,
+        &spec.resources.memory.request,
+        &spec.resources.memory.limit,
+    );
     let vars = container.env.get_or_insert_with(Default::default);
     vars.retain(|v| !environment.iter().any(|(k, _)| *k == v.name));
-    vars.extend(environment.into_iter().map(|(k, v)| EnvVar { name: k.into(), value: Some(v), ..Default::default() }));
+    vars.extend(environment.into_iter().map(|(k, v)| EnvVar {
+        name: k.into(),
+        value: Some(v),
+        ..Default::default()
+    }));
 
     Ok(Job {
         metadata: ObjectMeta {
@@ -111,9 +135,12 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
 }
 
 fn set_memory(container: &mut Container, request: &str, limit: &str) {
-    let resources = container.resources.get_or_insert_with(ResourceRequirements::default);
+    let resources = container
+        .resources
+        .get_or_insert_with(ResourceRequirements::default);
     let set = |map: &mut Option<BTreeMap<String, Quantity>>, value: &str| {
-        map.get_or_insert_with(Default::default).insert("memory".into(), Quantity(value.to_string()));
+        map.get_or_insert_with(Default::default)
+            .insert("memory".into(), Quantity(value.to_string()));
     };
     set(&mut resources.requests, request);
     set(&mut resources.limits, limit);
@@ -124,7 +151,10 @@ fn restrict(container: &mut Container) {
     if container.security_context.is_none() {
         container.security_context = Some(SecurityContext {
             allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
             ..Default::default()
         });
     }
@@ -151,14 +181,19 @@ mod tests {
             "payroll",
             BatchRunSpec {
                 input: InputSpec {
-                    range: items.is_none().then_some(RecordRangeSpec { start: 0, end: 100 }),
+                    range: items
+                        .is_none()
+                        .then_some(RecordRangeSpec { start: 0, end: 100 }),
                     items,
                     batch_size: 10,
                 },
                 parallelism: 3,
                 template,
                 resources: WorkerResources {
-                    memory: MemoryResources { request: "1Gi".into(), limit: "2Gi".into() },
+                    memory: MemoryResources {
+                        request: "1Gi".into(),
+                        limit: "2Gi".into(),
+                    },
                 },
                 memory_guard: Default::default(),
                 retry: Default::default(),
@@ -172,13 +207,21 @@ mod tests {
     }
 
     fn launch() -> Launch {
-        Launch { range: RecordRange::new(10, 20), attempt: 2 }
+        Launch {
+            range: RecordRange::new(10, 20),
+            attempt: 2,
+        }
     }
 
     fn env_of(job: &Job) -> BTreeMap<String, String> {
         let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let worker = &pod.containers[1];
-        worker.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect()
+        worker
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect()
     }
 
     #[test]
@@ -188,13 +231,23 @@ mod tests {
         let resources = pod.containers[1].resources.as_ref().unwrap();
         assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "2Gi");
         assert_eq!(resources.requests.as_ref().unwrap()["memory"].0, "1Gi");
-        assert_eq!(resources.requests.as_ref().unwrap()["cpu"].0, "1", "other resources are kept");
-        assert!(pod.containers[0].resources.is_none(), "only the worker container is sized");
+        assert_eq!(
+            resources.requests.as_ref().unwrap()["cpu"].0,
+            "1",
+            "other resources are kept"
+        );
+        assert!(
+            pod.containers[0].resources.is_none(),
+            "only the worker container is sized"
+        );
         let env = env_of(&job);
         assert_eq!(env["BATCHGUARD_RANGE_START"], "10");
         assert_eq!(env["BATCHGUARD_RANGE_END"], "20");
         assert_eq!(env["BATCHGUARD_ATTEMPT"], "2");
-        assert_eq!(env["BATCHGUARD_MEMORY_LIMIT_BYTES"], (2u64 << 30).to_string());
+        assert_eq!(
+            env["BATCHGUARD_MEMORY_LIMIT_BYTES"],
+            (2u64 << 30).to_string()
+        );
         assert!(!env.contains_key("BATCHGUARD_ITEMS"));
     }
 
@@ -206,12 +259,24 @@ mod tests {
         assert_eq!(spec.completions, Some(1));
         assert_eq!(spec.pod_replacement_policy.as_deref(), Some("Failed"));
         let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.controller), ("BatchRun", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("BatchRun", Some(true))
+        );
         let pod_meta = spec.template.metadata.as_ref().unwrap();
-        assert_eq!(pod_meta.labels.as_ref().unwrap()["batchguard.dev/range-start"], "10");
+        assert_eq!(
+            pod_meta.labels.as_ref().unwrap()["batchguard.dev/range-start"],
+            "10"
+        );
         assert_eq!(pod_meta.annotations.as_ref().unwrap()["team"], "payroll");
-        assert_eq!(pod_meta.finalizers.as_deref(), Some(&["batchguard.dev/result".to_string()][..]));
-        assert_eq!(job.metadata.name, Some(job_name("payroll", "uid-1", RecordRange::new(10, 20), 2)));
+        assert_eq!(
+            pod_meta.finalizers.as_deref(),
+            Some(&["batchguard.dev/result".to_string()][..])
+        );
+        assert_eq!(
+            job.metadata.name,
+            Some(job_name("payroll", "uid-1", RecordRange::new(10, 20), 2))
+        );
     }
 
     #[test]
@@ -225,7 +290,10 @@ mod tests {
         for c in &pod.containers {
             let sc = c.security_context.as_ref().unwrap();
             assert_eq!(sc.allow_privilege_escalation, Some(false));
-            assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
+            assert_eq!(
+                sc.capabilities.as_ref().unwrap().drop.as_deref(),
+                Some(&["ALL".to_string()][..])
+            );
         }
     }
 
@@ -234,11 +302,21 @@ mod tests {
         let mut r = run(None);
         let pod = r.spec.template.spec.as_mut().unwrap();
         pod.automount_service_account_token = Some(true);
-        pod.containers[1].security_context = Some(SecurityContext { privileged: Some(true), ..Default::default() });
+        pod.containers[1].security_context = Some(SecurityContext {
+            privileged: Some(true),
+            ..Default::default()
+        });
         let job = build_job(&r, &launch()).unwrap();
         let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         assert_eq!(pod.automount_service_account_token, Some(true));
-        assert_eq!(pod.containers[1].security_context.as_ref().unwrap().privileged, Some(true));
+        assert_eq!(
+            pod.containers[1]
+                .security_context
+                .as_ref()
+                .unwrap()
+                .privileged,
+            Some(true)
+        );
     }
 
     #[test]

@@ -23,7 +23,12 @@ pub fn managed_selector() -> String {
 }
 
 /// Labels of a batch Job and its pod.
-pub fn batch_labels(run: &str, run_uid: &str, range: RecordRange, attempt: u32) -> BTreeMap<String, String> {
+pub fn batch_labels(
+    run: &str,
+    run_uid: &str,
+    range: RecordRange,
+    attempt: u32,
+) -> BTreeMap<String, String> {
     BTreeMap::from([
         (RUN.to_string(), truncate_label(run)),
         (RUN_UID.to_string(), run_uid.to_string()),
@@ -46,19 +51,30 @@ pub fn batch_of(labels: &BTreeMap<String, String>) -> Option<(RecordRange, u32)>
 /// Readable when it fits in 63 characters; the hash keeps truncated names distinct.
 pub fn job_name(run: &str, run_uid: &str, range: RecordRange, attempt: u32) -> String {
     let key = format!("{run}/{run_uid}/{}/{}/{attempt}", range.start, range.end);
-    let suffix = format!("-{}-a{attempt}-{:06x}", range.start, fnv1a(&key) & 0xff_ffff);
+    let suffix = format!(
+        "-{}-a{attempt}-{:06x}",
+        range.start,
+        fnv1a(&key) & 0xff_ffff
+    );
     let room = 63 - suffix.len();
     let prefix: String = run.chars().take(room).collect();
     format!("{}{suffix}", prefix.trim_end_matches(['-', '.']))
 }
 
 fn truncate_label(value: &str) -> String {
-    value.chars().take(63).collect::<String>().trim_end_matches(['-', '.', '_']).to_string()
+    value
+        .chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches(['-', '.', '_'])
+        .to_string()
 }
 
 /// 64-bit FNV-1a: stable across builds, unlike std's hasher, because names must be.
 fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

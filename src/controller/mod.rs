@@ -22,6 +22,10 @@ use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::BatchRun;
+use crate::guard::poller::Poller;
+use crate::guard::prometheus::Prometheus;
+use crate::guard::promql::MemoryMetric;
+use crate::guard::view::GuardView;
 use crate::metrics::Metrics;
 pub use reconcile::reconcile;
 
@@ -46,13 +50,36 @@ pub struct Context {
     /// The Job and pod caches hold their first full list: until then the planner would
     /// mistake unseen Jobs for missing ones.
     pub caches_ready: AtomicBool,
+    /// What the memory guard sees; `None` when it is off.
+    pub guard: Option<GuardView>,
+}
+
+/// How the memory guard runs, when it does.
+pub struct GuardSettings {
+    pub prometheus: Prometheus,
+    pub metric: MemoryMetric,
+    pub interval: Duration,
 }
 
 /// Runs the controller until a shutdown signal, over one namespace or all of them.
-pub async fn run(client: Client, namespace: Option<String>, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    guard: Option<GuardSettings>,
+) {
     let (runs, jobs_api, pods_api) = match &namespace {
-        Some(ns) => (Api::<BatchRun>::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::<BatchRun>::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+        Some(ns) => (
+            Api::<BatchRun>::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::<BatchRun>::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
     };
     let managed = watcher::Config::default().labels(&labels::managed_selector());
     let (jobs, job_writer) = reflector::store::<Job>();
@@ -72,14 +99,18 @@ pub async fn run(client: Client, namespace: Option<String>, metrics: Arc<Metrics
         controller: "batchguard".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let view = guard.as_ref().map(|_| GuardView::default());
+    let recorder = Recorder::new(client.clone(), reporter);
     let context = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(client, reporter),
-        metrics,
+        recorder: recorder.clone(),
+        metrics: metrics.clone(),
         jobs: jobs.clone(),
         pods: pods.clone(),
         caches_ready: AtomicBool::new(false),
+        guard: view.clone(),
     });
+    let pod_store = pods.clone();
     let watcher_ready = context.clone();
     tokio::spawn(async move {
         let (a, b) = futures::join!(jobs.wait_until_ready(), pods.wait_until_ready());
@@ -90,13 +121,35 @@ pub async fn run(client: Client, namespace: Option<String>, metrics: Arc<Metrics
         }
     });
 
-    Controller::new(runs, watcher::Config::default())
+    let controller = Controller::new(runs, watcher::Config::default());
+    let (trigger, triggered) = futures::channel::mpsc::unbounded();
+    if let (Some(settings), Some(view)) = (guard, view) {
+        let poller = Poller {
+            client,
+            prometheus: settings.prometheus,
+            metric: settings.metric,
+            interval: settings.interval,
+            runs: controller.store(),
+            pods: pod_store,
+            view,
+            metrics,
+            recorder,
+            trigger,
+        };
+        tokio::spawn(poller.run());
+    }
+    controller
         .owns_stream(job_stream)
+        .reconcile_on(triggered)
         .watches_stream(pod_stream, |pod: Pod| {
             let run = pod.labels().get(labels::RUN)?.clone();
             Some(ObjectRef::<BatchRun>::new(&run).within(&pod.namespace()?))
         })
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(100)).concurrency(16))
+        .with_config(
+            ControllerConfig::default()
+                .debounce(Duration::from_millis(100))
+                .concurrency(16),
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {

@@ -7,6 +7,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use super::labels::{RESULT_FINALIZER, batch_of};
+use crate::api::GuardAction;
+use crate::guard::ACTION_ANNOTATION;
 use crate::plan::{JobFinish, JobState, ObservedAttempt, PodState, RecordRange, WorkerExit};
 
 /// Groups the Jobs and pods of one run by (range, attempt).
@@ -23,7 +25,9 @@ pub fn attempts<'a>(
     }
     for pod in pods {
         if let Some(key) = batch_of(pod.labels()) {
-            entry(&mut by_batch, key).pods.push(pod_state(pod, worker_container));
+            entry(&mut by_batch, key)
+                .pods
+                .push(pod_state(pod, worker_container));
         }
     }
     by_batch.into_values().collect()
@@ -33,19 +37,34 @@ fn entry(
     by_batch: &mut BTreeMap<(RecordRange, u32), ObservedAttempt>,
     (range, attempt): (RecordRange, u32),
 ) -> &mut ObservedAttempt {
-    by_batch.entry((range, attempt)).or_insert_with(|| ObservedAttempt { range, attempt, job: None, pods: vec![] })
+    by_batch
+        .entry((range, attempt))
+        .or_insert_with(|| ObservedAttempt {
+            range,
+            attempt,
+            job: None,
+            pods: vec![],
+        })
 }
 
 fn job_state(job: &Job) -> JobState {
-    let finished = job.status.iter().flat_map(|s| s.conditions.iter().flatten()).find_map(|c| {
-        let terminal = c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed");
-        terminal.then(|| JobFinish {
-            failed: c.type_ == "Failed",
-            reason: c.reason.clone().unwrap_or_default(),
-            message: c.message.clone().unwrap_or_default(),
-        })
-    });
-    JobState { name: job.name_any(), deleting: job.metadata.deletion_timestamp.is_some(), finished }
+    let finished = job
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .find_map(|c| {
+            let terminal = c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed");
+            terminal.then(|| JobFinish {
+                failed: c.type_ == "Failed",
+                reason: c.reason.clone().unwrap_or_default(),
+                message: c.message.clone().unwrap_or_default(),
+            })
+        });
+    JobState {
+        name: job.name_any(),
+        deleting: job.metadata.deletion_timestamp.is_some(),
+        finished,
+    }
 }
 
 fn pod_state(pod: &Pod, worker_container: &str) -> PodState {
@@ -65,7 +84,9 @@ fn pod_state(pod: &Pod, worker_container: &str) -> PodState {
         // The pod ended without a container record (evicted, node lost): a failure.
         None if phase == "Failed" || phase == "Succeeded" => Some(WorkerExit {
             exit_code: if phase == "Succeeded" { 0 } else { -1 },
-            reason: status.and_then(|s| s.reason.clone()).unwrap_or_else(|| "PodFailed".into()),
+            reason: status
+                .and_then(|s| s.reason.clone())
+                .unwrap_or_else(|| "PodFailed".into()),
             message: status.and_then(|s| s.message.clone()).unwrap_or_default(),
             finished_at: None,
         }),
@@ -76,6 +97,15 @@ fn pod_state(pod: &Pod, worker_container: &str) -> PodState {
         holds_result: pod.finalizers().iter().any(|f| f == RESULT_FINALIZER),
         deleting: pod.metadata.deletion_timestamp.is_some(),
         exit,
+        guard_action: pod
+            .annotations()
+            .get(ACTION_ANNOTATION)
+            .and_then(|a| match a.as_str() {
+                "Drain" => Some(GuardAction::Drain),
+                "Restart" => Some(GuardAction::Restart),
+                "Observe" => Some(GuardAction::Observe),
+                _ => None,
+            }),
     }
 }
 
@@ -103,14 +133,30 @@ mod tests {
                 "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "message": ""}}}]}
         }))
         .unwrap();
-        let other: Pod = serde_json::from_value(json!({"metadata": {"name": "p2", "labels": labels(10, 20, 1)}})).unwrap();
+        let other: Pod = serde_json::from_value(
+            json!({"metadata": {"name": "p2", "labels": labels(10, 20, 1)}}),
+        )
+        .unwrap();
         let attempts = attempts([&job], [&pod, &other], "worker");
         assert_eq!(attempts.len(), 2);
         let first = &attempts[0];
-        assert_eq!(first.job.as_ref().unwrap().finished.as_ref().unwrap().reason, "BackoffLimitExceeded");
+        assert_eq!(
+            first
+                .job
+                .as_ref()
+                .unwrap()
+                .finished
+                .as_ref()
+                .unwrap()
+                .reason,
+            "BackoffLimitExceeded"
+        );
         assert!(first.pods[0].holds_result);
         assert_eq!(first.pods[0].exit.as_ref().unwrap().exit_code, 137);
-        assert!(attempts[1].pods[0].exit.is_none(), "a pod without status is still running");
+        assert!(
+            attempts[1].pods[0].exit.is_none(),
+            "a pod without status is still running"
+        );
         assert!(attempts[1].is_alive());
     }
 

@@ -33,7 +33,8 @@ pub async fn reconcile(run: Arc<BatchRun>, ctx: Arc<Context>) -> Result<Action, 
     .instrument(span)
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics.observe_reconcile(started.elapsed(), result.is_err());
+    ctx.metrics
+        .observe_reconcile(started.elapsed(), result.is_err());
     result
 }
 
@@ -54,13 +55,22 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
         .unwrap_or_default();
     let jobs = ctx.jobs.state();
     let pods = ctx.pods.state();
-    let owned = |labels: &std::collections::BTreeMap<String, String>| labels.get(RUN_UID) == Some(&uid);
+    let owned =
+        |labels: &std::collections::BTreeMap<String, String>| labels.get(RUN_UID) == Some(&uid);
     let attempts = observe::attempts(
-        jobs.iter().filter(|j| owned(j.labels())).map(|j| j.as_ref()),
-        pods.iter().filter(|p| owned(p.labels())).map(|p| p.as_ref()),
+        jobs.iter()
+            .filter(|j| owned(j.labels()))
+            .map(|j| j.as_ref()),
+        pods.iter()
+            .filter(|p| owned(p.labels()))
+            .map(|p| p.as_ref()),
         &worker,
     );
     let status = run.status.clone().unwrap_or_default();
+    let memory = ctx
+        .guard
+        .as_ref()
+        .map(|view| view.get(&uid).unwrap_or_default());
     let observed = Observed {
         run_name: &run.name_any(),
         run_uid: &uid,
@@ -69,6 +79,7 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
         status: &status,
         attempts: &attempts,
         now: jiff::Timestamp::now(),
+        memory: memory.as_ref(),
     };
     let plan = match check_spec(&run) {
         Ok(()) => plan(&observed),
@@ -85,11 +96,18 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
 
 /// What the schema cannot say about a spec: can a Job be built from it at all.
 fn check_spec(run: &BatchRun) -> Result<(), String> {
-    let first = fresh_batches(universe(&run.spec), run.spec.input.batch_size, &Default::default(), 1);
+    let first = fresh_batches(
+        universe(&run.spec),
+        run.spec.input.batch_size,
+        &Default::default(),
+        1,
+    );
     let Some(range) = first.first().copied() else {
         return Err("spec.input holds no records".into());
     };
-    build_job(run, &Launch { range, attempt: 1 }).map(|_| ()).map_err(|e| e.to_string())
+    build_job(run, &Launch { range, attempt: 1 })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// A deleted run releases its worker pods (they hold the result finalizer) and its Jobs.
@@ -99,8 +117,12 @@ async fn cleanup(run: &BatchRun, ctx: &Context) -> Result<Action, Error> {
     let selector = format!("{RUN_UID}={uid}");
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let params = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
-    jobs.delete_collection(&params, &ListParams::default().labels(&selector)).await?;
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..Default::default()
+    };
+    jobs.delete_collection(&params, &ListParams::default().labels(&selector))
+        .await?;
     for pod in pods.list(&ListParams::default().labels(&selector)).await? {
         if pod.finalizers().iter().any(|f| f == RESULT_FINALIZER) {
             release_finalizer(&pods, &pod, ctx).await?;
@@ -110,4 +132,3 @@ async fn cleanup(run: &BatchRun, ctx: &Context) -> Result<Action, Error> {
     tracing::info!(run = %run.name_any(), "run deleted: its Jobs are removed and its pods released");
     Ok(Action::await_change())
 }
-

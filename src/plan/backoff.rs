@@ -8,7 +8,10 @@ use crate::api::Backoff;
 /// Ceiling of the delay after `failures` failures: `min(max, base * 2^(failures-1))`.
 pub fn backoff_ceiling(policy: &Backoff, failures: u32) -> Duration {
     let exponent = failures.saturating_sub(1).min(32);
-    let seconds = policy.base_seconds.saturating_mul(1u64 << exponent).min(policy.max_seconds);
+    let seconds = policy
+        .base_seconds
+        .saturating_mul(1u64 << exponent)
+        .min(policy.max_seconds);
     Duration::from_secs(seconds)
 }
 
@@ -29,7 +32,10 @@ mod tests {
     use super::*;
 
     fn policy(base: u64, max: u64) -> Backoff {
-        Backoff { base_seconds: base, max_seconds: max }
+        Backoff {
+            base_seconds: base,
+            max_seconds: max,
+        }
     }
 
     #[test]
@@ -47,17 +53,25 @@ mod tests {
     #[test]
     fn delay_stays_within_bounds_and_spreads() {
         let p = policy(10, 600);
-        let delays: Vec<Duration> = (0..200u64).map(|k| retry_delay(&p, 3, ("run", k))).collect();
+        let delays: Vec<Duration> = (0..200u64)
+            .map(|k| retry_delay(&p, 3, ("run", k)))
+            .collect();
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(40)));
         let min = delays.iter().min().unwrap();
         let max = delays.iter().max().unwrap();
-        assert!(*max - *min > Duration::from_secs(30), "jitter spreads: {min:?}..{max:?}");
+        assert!(
+            *max - *min > Duration::from_secs(30),
+            "jitter spreads: {min:?}..{max:?}"
+        );
     }
 
     #[test]
     fn delay_is_stable_for_a_key() {
         let p = policy(10, 600);
-        assert_eq!(retry_delay(&p, 2, ("r", 5u64)), retry_delay(&p, 2, ("r", 5u64)));
+        assert_eq!(
+            retry_delay(&p, 2, ("r", 5u64)),
+            retry_delay(&p, 2, ("r", 5u64))
+        );
     }
 
     #[test]

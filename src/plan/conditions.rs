@@ -35,7 +35,12 @@ impl RunState {
 
     /// The conditions for this state; transition times are kept from `previous` when the
     /// status of a condition did not change.
-    pub fn conditions(&self, generation: i64, previous: &[Condition], now: Timestamp) -> Vec<Condition> {
+    pub fn conditions(
+        &self,
+        generation: i64,
+        previous: &[Condition],
+        now: Timestamp,
+    ) -> Vec<Condition> {
         let (ready, reconciling, stalled, ended) = match self {
             RunState::Pending { message } => (
                 ("False", "Pending", message),
@@ -109,17 +114,26 @@ mod tests {
 
     #[test]
     fn running_run_is_reconciling_and_not_ready() {
-        let c = RunState::Running { message: "m".into() }.conditions(2, &[], now());
+        let c = RunState::Running {
+            message: "m".into(),
+        }
+        .conditions(2, &[], now());
         assert_eq!(find(&c, "Reconciling").status, "True");
         assert_eq!(find(&c, "Ready").status, "False");
         assert_eq!(find(&c, "Stalled").status, "False");
         assert!(c.iter().all(|c| c.observed_generation == Some(2)));
-        assert!(!c.iter().any(|c| c.type_ == "Complete" || c.type_ == "Failed"));
+        assert!(
+            !c.iter()
+                .any(|c| c.type_ == "Complete" || c.type_ == "Failed")
+        );
     }
 
     #[test]
     fn succeeded_run_is_ready_and_complete() {
-        let c = RunState::Succeeded { message: "done".into() }.conditions(1, &[], now());
+        let c = RunState::Succeeded {
+            message: "done".into(),
+        }
+        .conditions(1, &[], now());
         assert_eq!(find(&c, "Ready").status, "True");
         assert_eq!(find(&c, "Complete").status, "True");
         assert_eq!(find(&c, "Reconciling").status, "False");
@@ -127,7 +141,10 @@ mod tests {
 
     #[test]
     fn failed_run_is_stalled_with_its_reason() {
-        let state = RunState::Failed { reason: "BatchesFailed".into(), message: "0-9 failed".into() };
+        let state = RunState::Failed {
+            reason: "BatchesFailed".into(),
+            message: "0-9 failed".into(),
+        };
         let c = state.conditions(1, &[], now());
         assert_eq!(find(&c, "Stalled").status, "True");
         assert_eq!(find(&c, "Failed").reason, "BatchesFailed");
@@ -137,11 +154,20 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_when_the_status_changes() {
-        let before = RunState::Running { message: "a".into() }.conditions(1, &[], now());
+        let before = RunState::Running {
+            message: "a".into(),
+        }
+        .conditions(1, &[], now());
         let later = now() + std::time::Duration::from_secs(60);
-        let again = RunState::Running { message: "b".into() }.conditions(1, &before, later);
+        let again = RunState::Running {
+            message: "b".into(),
+        }
+        .conditions(1, &before, later);
         assert_eq!(find(&again, "Ready").last_transition_time, Time(now()));
-        let done = RunState::Succeeded { message: "c".into() }.conditions(1, &again, later);
+        let done = RunState::Succeeded {
+            message: "c".into(),
+        }
+        .conditions(1, &again, later);
         assert_eq!(find(&done, "Ready").last_transition_time, Time(later));
         assert_eq!(find(&done, "Stalled").last_transition_time, Time(now()));
     }

@@ -84,7 +84,9 @@ impl Ledger {
     }
 
     pub fn pending_index(&self, range: RecordRange, attempt: u32) -> Option<usize> {
-        self.pending.iter().position(|p| p.range == range && p.attempt == attempt)
+        self.pending
+            .iter()
+            .position(|p| p.range == range && p.attempt == attempt)
     }
 
     /// Whether the result of attempt (range, attempt) is still to be written.
@@ -97,8 +99,16 @@ impl Ledger {
     }
 
     /// Adds a worker's result for `done` records to the aggregate.
-    pub fn add_result(&mut self, done: RecordRange, result: &WorkerResult) -> Result<(), TooManySumKeys> {
-        let new_keys = result.sums.keys().filter(|k| !self.aggregate.sums.contains_key(*k)).count();
+    pub fn add_result(
+        &mut self,
+        done: RecordRange,
+        result: &WorkerResult,
+    ) -> Result<(), TooManySumKeys> {
+        let new_keys = result
+            .sums
+            .keys()
+            .filter(|k| !self.aggregate.sums.contains_key(*k))
+            .count();
         if self.aggregate.sums.len() + new_keys > MAX_SUM_KEYS {
             return Err(TooManySumKeys);
         }
@@ -110,7 +120,9 @@ impl Ledger {
         let outputs = &mut self.aggregate.outputs;
         outputs.count += result.outputs.len() as u64;
         let room = MAX_OUTPUTS_SHOWN.saturating_sub(outputs.first.len());
-        outputs.first.extend(result.outputs.iter().take(room).cloned());
+        outputs
+            .first
+            .extend(result.outputs.iter().take(room).cloned());
         Ok(())
     }
 
@@ -161,8 +173,12 @@ mod tests {
     #[test]
     fn results_merge_into_the_aggregate() {
         let mut ledger = Ledger::default();
-        ledger.add_result(RecordRange::new(0, 10), &result(10, 1.5, &["a"])).unwrap();
-        ledger.add_result(RecordRange::new(10, 20), &result(10, 2.0, &["b", "c"])).unwrap();
+        ledger
+            .add_result(RecordRange::new(0, 10), &result(10, 1.5, &["a"]))
+            .unwrap();
+        ledger
+            .add_result(RecordRange::new(10, 20), &result(10, 2.0, &["b", "c"]))
+            .unwrap();
         assert_eq!(ledger.aggregate.records, 20);
         assert_eq!(ledger.aggregate.sums["amount"], 3.5);
         assert_eq!(ledger.aggregate.outputs.count, 3);
@@ -174,7 +190,9 @@ mod tests {
         let mut ledger = Ledger::default();
         for i in 0..50u64 {
             let name = format!("part-{i}");
-            ledger.add_result(RecordRange::new(i, i + 1), &result(1, 0.0, &[&name])).unwrap();
+            ledger
+                .add_result(RecordRange::new(i, i + 1), &result(1, 0.0, &[&name]))
+                .unwrap();
         }
         assert_eq!(ledger.aggregate.outputs.count, 50);
         assert_eq!(ledger.aggregate.outputs.first.len(), MAX_OUTPUTS_SHOWN);
@@ -184,11 +202,17 @@ mod tests {
     #[test]
     fn too_many_sum_keys_are_refused_without_partial_effect() {
         let mut ledger = Ledger::default();
-        let mut wide = WorkerResult { records: 1, ..Default::default() };
+        let mut wide = WorkerResult {
+            records: 1,
+            ..Default::default()
+        };
         for i in 0..=MAX_SUM_KEYS {
             wide.sums.insert(format!("k{i}"), 1.0);
         }
-        assert_eq!(ledger.add_result(RecordRange::new(0, 1), &wide), Err(TooManySumKeys));
+        assert_eq!(
+            ledger.add_result(RecordRange::new(0, 1), &wide),
+            Err(TooManySumKeys)
+        );
         assert_eq!(ledger, Ledger::default());
     }
 
@@ -210,7 +234,9 @@ mod tests {
     #[test]
     fn status_round_trip_keeps_the_ledger() {
         let mut ledger = Ledger::default();
-        ledger.add_result(RecordRange::new(0, 10), &result(10, 1.0, &["x"])).unwrap();
+        ledger
+            .add_result(RecordRange::new(0, 10), &result(10, 1.0, &["x"]))
+            .unwrap();
         ledger.failed.insert(RecordRange::new(50, 60));
         ledger.pending.push(Requeued {
             range: RecordRange::new(20, 30),
@@ -238,7 +264,10 @@ mod tests {
             reason: "Error".into(),
         });
         let covered = ledger.covered();
-        assert!(!ledger.awaits(&covered, batch, 1), "attempt 1 settled into the queue entry of attempt 2");
+        assert!(
+            !ledger.awaits(&covered, batch, 1),
+            "attempt 1 settled into the queue entry of attempt 2"
+        );
         assert!(ledger.awaits(&covered, batch, 2));
         ledger.pending.clear();
         ledger.completed.insert(batch);

@@ -4,7 +4,8 @@
 use jiff::Timestamp;
 
 use super::RecordRange;
-use crate::api::BatchRunSpec;
+use crate::api::{BatchRunSpec, GuardAction};
+use crate::guard::view::RunMemory;
 
 /// One attempt: a Job for a range, its worker pod, or both.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +43,8 @@ pub struct PodState {
     pub deleting: bool,
     /// Set once the worker container (or the pod) has terminated.
     pub exit: Option<WorkerExit>,
+    /// The memory guard stopped (or reported) this worker.
+    pub guard_action: Option<GuardAction>,
 }
 
 /// How the worker container ended.
@@ -64,6 +67,8 @@ pub struct Observed<'a> {
     pub status: &'a crate::api::BatchRunStatus,
     pub attempts: &'a [ObservedAttempt],
     pub now: Timestamp,
+    /// What the memory guard sees of this run; `None` when the guard is off.
+    pub memory: Option<&'a RunMemory>,
 }
 
 impl ObservedAttempt {
@@ -79,6 +84,9 @@ impl ObservedAttempt {
     /// The worker has ended, or the Job gave up without a worker result.
     pub fn worker_ended(&self) -> bool {
         self.pods.iter().any(|p| p.exit.is_some())
-            || self.job.as_ref().is_some_and(|j| j.finished.as_ref().is_some_and(|f| f.failed))
+            || self
+                .job
+                .as_ref()
+                .is_some_and(|j| j.finished.as_ref().is_some_and(|f| f.failed))
     }
 }

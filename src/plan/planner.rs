@@ -7,10 +7,12 @@
 use std::time::Duration;
 
 use super::{
-    Ledger, Observed, ObservedAttempt, Outcome, RangeSet, RecordRange, RunState, SettlePolicy, Settled,
-    fresh_batches, outcome_of, settle,
+    Ledger, Observed, ObservedAttempt, Outcome, RangeSet, RecordRange, Requeued, RunState,
+    SettlePolicy, Settled, fresh_batches, outcome_of, settle, sized_batches,
 };
-use crate::api::{BatchRunStatus, Phase};
+use crate::api::{BatchRunSpec, BatchRunStatus, Phase, memory_bytes};
+use crate::guard::view::RunMemory;
+use crate::worker::WorkerResult;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// Queue entries above which no fresh batch is cut, so that retries drain first and the
@@ -27,7 +29,11 @@ pub struct Launch {
 /// Something users should hear about (the executor turns these into Events).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Notice {
-    Settled { range: RecordRange, attempt: u32, settled: Settled },
+    Settled {
+        range: RecordRange,
+        attempt: u32,
+        settled: Settled,
+    },
     Finished(RunState),
 }
 
@@ -56,12 +62,24 @@ pub fn universe(spec: &crate::api::BatchRunSpec) -> RecordRange {
 pub fn plan(observed: &Observed) -> Plan {
     let spec = observed.spec;
     let now = observed.now;
-    let mut plan = Plan { status: None, release: vec![], launch: vec![], notices: vec![], requeue_after: None };
+    let mut plan = Plan {
+        status: None,
+        release: vec![],
+        launch: vec![],
+        notices: vec![],
+        requeue_after: None,
+    };
     let mut ledger = match Ledger::from_status(observed.status) {
         Ok(ledger) => ledger,
         Err(err) => {
-            let state = RunState::Failed { reason: "InvalidStatus".into(), message: format!("status cannot be read: {err}") };
-            plan.status = changed(observed.status, finish_status(observed, &Ledger::default(), &state, 0));
+            let state = RunState::Failed {
+                reason: "InvalidStatus".into(),
+                message: format!("status cannot be read: {err}"),
+            };
+            plan.status = changed(
+                observed.status,
+                finish_status(observed, &Ledger::default(), &state, 0),
+            );
             return plan;
         }
     };
@@ -69,30 +87,56 @@ pub fn plan(observed: &Observed) -> Plan {
     let policy = SettlePolicy {
         retry: &spec.retry,
         on_pressure: spec.memory_guard.on_pressure,
+        threshold: spec.memory_guard.threshold,
+        limit: &spec.resources.memory.limit,
         seed: observed.run_uid,
     };
+    let limit_bytes = memory_bytes(&spec.resources.memory.limit).unwrap_or(0);
 
     // Settle every attempt whose worker ended and whose result is not in the ledger yet.
     let covered = ledger.covered();
     let mut attempts: Vec<&ObservedAttempt> = observed.attempts.iter().collect();
     attempts.sort_by_key(|a| (a.range, a.attempt));
     for attempt in &attempts {
-        let Some(outcome) = outcome_of(attempt) else { continue };
+        let Some(outcome) = outcome_of(attempt) else {
+            continue;
+        };
         if ledger.awaits(&covered, attempt.range, attempt.attempt) {
-            let settled = settle(&mut ledger, attempt.range, attempt.attempt, outcome.clone(), &policy, now);
-            plan.notices.push(Notice::Settled { range: attempt.range, attempt: attempt.attempt, settled });
+            if let Outcome::Finished(result) = &outcome {
+                learn_memory(&mut ledger, observed.memory, attempt, result, limit_bytes);
+            }
+            let settled = settle(
+                &mut ledger,
+                attempt.range,
+                attempt.attempt,
+                outcome.clone(),
+                &policy,
+                now,
+            );
+            plan.notices.push(Notice::Settled {
+                range: attempt.range,
+                attempt: attempt.attempt,
+                settled,
+            });
         }
         let keep_until = match outcome {
             Outcome::Failed { .. } => Some(spec.retention.failed_seconds),
-            Outcome::Finished(_) => None,
+            Outcome::Finished(_) | Outcome::Stopped { .. } => None,
         };
-        for pod in attempt.pods.iter().filter(|p| p.holds_result && p.exit.is_some()) {
+        for pod in attempt
+            .pods
+            .iter()
+            .filter(|p| p.holds_result && p.exit.is_some())
+        {
             let finished = pod.exit.as_ref().and_then(|e| e.finished_at).unwrap_or(now);
             let release_at = finished + Duration::from_secs(keep_until.unwrap_or(0).max(0) as u64);
             if release_at <= now {
                 plan.release.push(pod.name.clone());
             } else {
-                plan.requeue_after = earliest(plan.requeue_after, release_at.duration_since(now).unsigned_abs());
+                plan.requeue_after = earliest(
+                    plan.requeue_after,
+                    release_at.duration_since(now).unsigned_abs(),
+                );
             }
         }
     }
@@ -105,14 +149,24 @@ pub fn plan(observed: &Observed) -> Plan {
         let mut ready: Vec<_> = ledger
             .pending
             .iter()
-            .filter(|p| !attempts.iter().any(|a| a.range == p.range && a.attempt == p.attempt))
+            .filter(|p| {
+                !attempts
+                    .iter()
+                    .any(|a| a.range == p.range && a.attempt == p.attempt)
+            })
             .collect();
         ready.sort_by_key(|p| (p.not_before, p.range));
         for entry in ready {
             match entry.not_before.filter(|t| *t > now) {
-                Some(later) => plan.requeue_after = earliest(plan.requeue_after, later.duration_since(now).unsigned_abs()),
+                Some(later) => {
+                    plan.requeue_after =
+                        earliest(plan.requeue_after, later.duration_since(now).unsigned_abs())
+                }
                 None if room > 0 => {
-                    plan.launch.push(Launch { range: entry.range, attempt: entry.attempt });
+                    plan.launch.push(Launch {
+                        range: entry.range,
+                        attempt: entry.attempt,
+                    });
                     room -= 1;
                 }
                 None => {}
@@ -121,35 +175,93 @@ pub fn plan(observed: &Observed) -> Plan {
         if ledger.pending.len() < MAX_PENDING {
             let mut occupied: RangeSet = attempts.iter().map(|a| a.range).collect();
             occupied.union(&ledger.covered());
-            let fresh = fresh_batches(universe, spec.input.batch_size, &occupied, room);
-            plan.launch.extend(fresh.into_iter().map(|range| Launch { range, attempt: 1 }));
+            let size = adaptive_batch_size(spec, ledger.guard.bytes_per_record, limit_bytes);
+            ledger.guard.batch_size = size;
+            let fresh = if size < spec.input.batch_size {
+                sized_batches(universe, size, &occupied, room)
+            } else {
+                fresh_batches(universe, size, &occupied, room)
+            };
+            if size < spec.input.batch_size {
+                // Off the fixed grid, a cut is only safe to repeat if it is remembered: it is
+                // written to the status before its Job is created.
+                ledger.pending.extend(fresh.iter().map(|range| Requeued {
+                    range: *range,
+                    attempt: 1,
+                    failures: 0,
+                    not_before: None,
+                    reason: "Sized".into(),
+                }));
+            }
+            plan.launch
+                .extend(fresh.into_iter().map(|range| Launch { range, attempt: 1 }));
         }
     }
 
     let running = alive + plan.launch.len();
     let state = run_state(observed, &ledger, universe, running, failing);
-    if state.is_finished() && !matches!(observed.status.phase, Some(Phase::Succeeded | Phase::Failed)) {
+    if state.is_finished()
+        && !matches!(
+            observed.status.phase,
+            Some(Phase::Succeeded | Phase::Failed)
+        )
+    {
         plan.notices.push(Notice::Finished(state.clone()));
     }
-    plan.status = changed(observed.status, finish_status(observed, &ledger, &state, running));
+    plan.status = changed(
+        observed.status,
+        finish_status(observed, &ledger, &state, running),
+    );
     plan
 }
 
-fn run_state(observed: &Observed, ledger: &Ledger, universe: RecordRange, running: usize, failing: bool) -> RunState {
+fn run_state(
+    observed: &Observed,
+    ledger: &Ledger,
+    universe: RecordRange,
+    running: usize,
+    failing: bool,
+) -> RunState {
     let spec = observed.spec;
     let settled_all = ledger.settled().contains_all(&universe) && ledger.pending.is_empty();
-    let unsettled = observed.attempts.iter().any(|a| a.pods.iter().any(|p| p.exit.is_none()));
+    let unsettled = observed
+        .attempts
+        .iter()
+        .any(|a| a.pods.iter().any(|p| p.exit.is_none()));
     if running == 0 && !unsettled && (settled_all || failing) {
         if ledger.failed.is_empty() {
             return RunState::Succeeded {
-                message: format!("all {} records done in {} batches", universe.len(), ledger.succeeded),
+                message: format!(
+                    "all {} records done in {} batches",
+                    universe.len(),
+                    ledger.succeeded
+                ),
             };
         }
-        let last = ledger.failures.last().map(|f| format!("; last failure: records {} attempt {}: {}: {}", f.range, f.attempt, f.reason, f.message)).unwrap_or_default();
-        let stop = if failing { format!(" (more than {} batches failed, the run stopped)", spec.retry.max_failed_batches) } else { String::new() };
+        let last = ledger
+            .failures
+            .last()
+            .map(|f| {
+                format!(
+                    "; last failure: records {} attempt {}: {}: {}",
+                    f.range, f.attempt, f.reason, f.message
+                )
+            })
+            .unwrap_or_default();
+        let stop = if failing {
+            format!(
+                " (more than {} batches failed, the run stopped)",
+                spec.retry.max_failed_batches
+            )
+        } else {
+            String::new()
+        };
         return RunState::Failed {
             reason: "BatchesFailed".into(),
-            message: format!("records {} failed after {} attempts{stop}{last}", ledger.failed, spec.retry.max_attempts),
+            message: format!(
+                "records {} failed after {} attempts{stop}{last}",
+                ledger.failed, spec.retry.max_attempts
+            ),
         };
     }
     let done = ledger.completed.len();
@@ -159,7 +271,9 @@ fn run_state(observed: &Observed, ledger: &Ledger, universe: RecordRange, runnin
         ledger.pending.len()
     );
     if spec.suspend {
-        RunState::Suspended { message: format!("suspended: {message}") }
+        RunState::Suspended {
+            message: format!("suspended: {message}"),
+        }
     } else if running == 0 && observed.status.start_time.is_none() {
         RunState::Pending { message }
     } else {
@@ -167,7 +281,12 @@ fn run_state(observed: &Observed, ledger: &Ledger, universe: RecordRange, runnin
     }
 }
 
-fn finish_status(observed: &Observed, ledger: &Ledger, state: &RunState, running: usize) -> BatchRunStatus {
+fn finish_status(
+    observed: &Observed,
+    ledger: &Ledger,
+    state: &RunState,
+    running: usize,
+) -> BatchRunStatus {
     let old = observed.status;
     let mut status = old.clone();
     ledger.write_to(&mut status);
@@ -177,6 +296,23 @@ fn finish_status(observed: &Observed, ledger: &Ledger, state: &RunState, running
     status.conditions = state.conditions(observed.generation, &old.conditions, observed.now);
     status.progress = Some(format!("{}/{}", ledger.completed.len(), universe.len()));
     status.batches.running = running as u64;
+    let in_flight = |p: &&super::Requeued| {
+        observed
+            .attempts
+            .iter()
+            .any(|a| a.range == p.range && a.attempt == p.attempt)
+    };
+    status.batches.retrying = ledger
+        .pending
+        .iter()
+        .filter(|p| !in_flight(p) && p.reason != "Sized")
+        .count() as u64;
+    if let Some(memory) = observed.memory {
+        status.guard.peak_percent = status.guard.peak_percent.max(memory.peak_percent());
+    }
+    status
+        .conditions
+        .push(memory_condition(observed, state, &status, &old.conditions));
     if status.start_time.is_none() && running > 0 {
         status.start_time = Some(Time(observed.now));
     }
@@ -197,7 +333,10 @@ fn earliest(current: Option<Duration>, candidate: Duration) -> Option<Duration> 
 /// The plan for a run whose spec cannot work (what the schema could not reject): no action,
 /// a status that says exactly what is wrong.
 pub fn plan_invalid(observed: &Observed, message: String) -> Plan {
-    let state = RunState::Failed { reason: "InvalidSpec".into(), message };
+    let state = RunState::Failed {
+        reason: "InvalidSpec".into(),
+        message,
+    };
     let ledger = Ledger::from_status(observed.status).unwrap_or_default();
     Plan {
         status: changed(observed.status, finish_status(observed, &ledger, &state, 0)),
@@ -205,5 +344,122 @@ pub fn plan_invalid(observed: &Observed, message: String) -> Plan {
         launch: vec![],
         notices: vec![],
         requeue_after: None,
+    }
+}
+
+/// Share of the guard threshold that adaptive batches aim at, leaving room for variance.
+const SIZING_MARGIN: f64 = 0.8;
+
+/// Learns memory per record from a finished batch whose peak the guard saw.
+fn learn_memory(
+    ledger: &mut Ledger,
+    memory: Option<&RunMemory>,
+    attempt: &ObservedAttempt,
+    result: &WorkerResult,
+    limit_bytes: u64,
+) {
+    let done = result.done(attempt.range).len();
+    let Some(peak) = memory
+        .and_then(|m| attempt.pods.iter().find_map(|p| m.pods.get(&p.name)))
+        .map(|p| p.peak_fraction)
+    else {
+        return;
+    };
+    if done == 0 || peak <= 0.0 {
+        return;
+    }
+    let per_record = (peak * limit_bytes as f64 / done as f64).ceil() as u64;
+    let old = ledger.guard.bytes_per_record;
+    // A moving average: one odd batch does not resize the whole run.
+    ledger.guard.bytes_per_record = if old == 0 {
+        per_record
+    } else {
+        (old * 7 + per_record * 3) / 10
+    };
+}
+
+/// The batch size whose expected peak stays under the threshold with margin, never above
+/// `spec.input.batchSize`.
+pub fn adaptive_batch_size(spec: &BatchRunSpec, bytes_per_record: u64, limit_bytes: u64) -> u64 {
+    let configured = spec.input.batch_size.max(1);
+    if bytes_per_record == 0 || limit_bytes == 0 {
+        return configured;
+    }
+    let budget =
+        limit_bytes as f64 * f64::from(spec.memory_guard.threshold) / 100.0 * SIZING_MARGIN;
+    ((budget / bytes_per_record as f64).floor() as u64).clamp(1, configured)
+}
+
+/// `MemoryPressure`: True while a worker is at or above the threshold, Unknown while the guard
+/// is blind or off, False otherwise; the message carries the measured percent.
+fn memory_condition(
+    observed: &Observed,
+    state: &RunState,
+    status: &BatchRunStatus,
+    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let spec = observed.spec;
+    let threshold = spec.memory_guard.threshold;
+    let limit = &spec.resources.memory.limit;
+    let peak = format!(
+        "peak {}% of the {limit} limit (threshold {threshold}%)",
+        status.guard.peak_percent
+    );
+    let (value, reason, message) = match observed.memory {
+        _ if state.is_finished() => ("False", "RunFinished".to_string(), peak),
+        None => (
+            "Unknown",
+            "GuardOff".to_string(),
+            "the operator runs without --prometheus-url: worker memory is not watched".to_string(),
+        ),
+        Some(RunMemory {
+            blind: Some(blind), ..
+        }) => (
+            "Unknown",
+            "GuardBlind".to_string(),
+            format!("memory guard blind since {}: {}", blind.since, blind.reason),
+        ),
+        Some(memory) => {
+            let hot = memory
+                .pods
+                .iter()
+                .filter(|(_, p)| p.fraction * 100.0 >= f64::from(threshold))
+                .max_by(|a, b| a.1.fraction.total_cmp(&b.1.fraction));
+            match hot {
+                Some((pod, p)) => (
+                    "True",
+                    "AboveThreshold".to_string(),
+                    format!(
+                        "pod {pod} at {:.0}% of its {limit} limit (threshold {threshold}%)",
+                        p.fraction * 100.0
+                    ),
+                ),
+                None => {
+                    let last = memory
+                        .last_action
+                        .as_ref()
+                        .map(|a| format!("; last action: {a}"))
+                        .unwrap_or_default();
+                    (
+                        "False",
+                        "BelowThreshold".to_string(),
+                        format!("{peak}{last}"),
+                    )
+                }
+            }
+        }
+    };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == "MemoryPressure" && c.status == value)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(observed.now));
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: "MemoryPressure".into(),
+        status: value.into(),
+        reason,
+        message,
+        observed_generation: Some(observed.generation),
+        last_transition_time: since,
     }
 }

@@ -7,14 +7,28 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use super::*;
-use crate::api::{BatchRunSpec, BatchRunStatus, InputSpec, MemoryResources, Phase, RecordRangeSpec, WorkerResources};
+use crate::guard::view::{PodMemory, RunMemory};
+
+use crate::api::{
+    BatchRunSpec, BatchRunStatus, InputSpec, MemoryResources, Phase, RecordRangeSpec,
+    WorkerResources,
+};
 
 fn spec(end: i64, batch_size: u64, parallelism: u32) -> BatchRunSpec {
     BatchRunSpec {
-        input: InputSpec { range: Some(RecordRangeSpec { start: 0, end }), items: None, batch_size },
+        input: InputSpec {
+            range: Some(RecordRangeSpec { start: 0, end }),
+            items: None,
+            batch_size,
+        },
         parallelism,
         template: PodTemplateSpec::default(),
-        resources: WorkerResources { memory: MemoryResources { request: "1Gi".into(), limit: "2Gi".into() } },
+        resources: WorkerResources {
+            memory: MemoryResources {
+                request: "1Gi".into(),
+                limit: "2Gi".into(),
+            },
+        },
         memory_guard: Default::default(),
         retry: Default::default(),
         retention: Default::default(),
@@ -32,11 +46,18 @@ struct Sim {
     status: BatchRunStatus,
     attempts: Vec<ObservedAttempt>,
     now: Timestamp,
+    memory: Option<RunMemory>,
 }
 
 impl Sim {
     fn new(spec: BatchRunSpec) -> Self {
-        Self { spec, status: BatchRunStatus::default(), attempts: vec![], now: t0() }
+        Self {
+            spec,
+            status: BatchRunStatus::default(),
+            attempts: vec![],
+            now: t0(),
+            memory: None,
+        }
     }
 
     fn plan(&self) -> Plan {
@@ -48,6 +69,7 @@ impl Sim {
             status: &self.status,
             attempts: &self.attempts,
             now: self.now,
+            memory: self.memory.as_ref(),
         })
     }
 
@@ -69,7 +91,11 @@ impl Sim {
         }
         if steps >= 3 {
             for launch in &plan.launch {
-                if !self.attempts.iter().any(|a| a.range == launch.range && a.attempt == launch.attempt) {
+                if !self
+                    .attempts
+                    .iter()
+                    .any(|a| a.range == launch.range && a.attempt == launch.attempt)
+                {
                     self.attempts.push(running(launch.range, launch.attempt));
                 }
             }
@@ -94,23 +120,35 @@ impl Sim {
             message: message.into(),
             finished_at: Some(self.now),
         });
-        attempt.job.as_mut().unwrap().finished =
-            Some(JobFinish { failed: exit_code != 0, reason: reason.into(), message: String::new() });
+        attempt.job.as_mut().unwrap().finished = Some(JobFinish {
+            failed: exit_code != 0,
+            reason: reason.into(),
+            message: String::new(),
+        });
     }
 
     fn succeed(&mut self, index: usize) {
         let range = self.attempts[index].range;
-        let message = format!(r#"{{"records": {}, "sums": {{"amount": {}}}, "outputs": ["part-{}"]}}"#, range.len(), range.len(), range.start);
+        let message = format!(
+            r#"{{"records": {}, "sums": {{"amount": {}}}, "outputs": ["part-{}"]}}"#,
+            range.len(),
+            range.len(),
+            range.start
+        );
         self.end(index, 0, "Completed", &message);
     }
 
     /// Removes Jobs and pods whose result is released (TTL controller and garbage collector).
     fn collect_garbage(&mut self) {
-        self.attempts.retain(|a| a.pods.iter().any(|p| p.holds_result) || a.pods.iter().any(|p| p.exit.is_none()));
+        self.attempts.retain(|a| {
+            a.pods.iter().any(|p| p.holds_result) || a.pods.iter().any(|p| p.exit.is_none())
+        });
     }
 
     fn running_indexes(&self) -> Vec<usize> {
-        (0..self.attempts.len()).filter(|i| self.attempts[*i].pods[0].exit.is_none()).collect()
+        (0..self.attempts.len())
+            .filter(|i| self.attempts[*i].pods[0].exit.is_none())
+            .collect()
     }
 }
 
@@ -118,8 +156,18 @@ fn running(range: RecordRange, attempt: u32) -> ObservedAttempt {
     ObservedAttempt {
         range,
         attempt,
-        job: Some(JobState { name: format!("job-{}-{attempt}", range.start), deleting: false, finished: None }),
-        pods: vec![PodState { name: format!("pod-{}-{attempt}", range.start), holds_result: true, deleting: false, exit: None }],
+        job: Some(JobState {
+            name: format!("job-{}-{attempt}", range.start),
+            deleting: false,
+            finished: None,
+        }),
+        pods: vec![PodState {
+            name: format!("pod-{}-{attempt}", range.start),
+            holds_result: true,
+            deleting: false,
+            exit: None,
+            guard_action: None,
+        }],
     }
 }
 
@@ -127,7 +175,11 @@ fn running(range: RecordRange, attempt: u32) -> ObservedAttempt {
 fn a_new_run_launches_up_to_parallelism_batches() {
     let mut sim = Sim::new(spec(100, 10, 3));
     let plan = sim.reconcile();
-    let ranges: Vec<_> = plan.launch.iter().map(|l| (l.range.start, l.range.end, l.attempt)).collect();
+    let ranges: Vec<_> = plan
+        .launch
+        .iter()
+        .map(|l| (l.range.start, l.range.end, l.attempt))
+        .collect();
     assert_eq!(ranges, vec![(0, 10, 1), (10, 20, 1), (20, 30, 1)]);
     let status = plan.status.unwrap();
     assert_eq!(status.phase, Some(Phase::Running));
@@ -157,7 +209,13 @@ fn a_finished_batch_is_counted_released_and_replaced() {
     assert_eq!(status.aggregate.sums["amount"], 10.0);
     assert_eq!(status.batches.succeeded, 1);
     assert_eq!(plan.release, vec!["pod-10-1".to_string()]);
-    assert_eq!(plan.launch, vec![Launch { range: RecordRange::new(30, 40), attempt: 1 }]);
+    assert_eq!(
+        plan.launch,
+        vec![Launch {
+            range: RecordRange::new(30, 40),
+            attempt: 1
+        }]
+    );
     assert_eq!(sim.alive(), 3);
 }
 
@@ -170,7 +228,11 @@ fn a_result_already_in_status_is_not_counted_again() {
     let plan = sim.reconcile();
     assert_eq!(sim.status.aggregate.records, 10);
     assert_eq!(plan.release, vec!["pod-0-1".to_string()]);
-    assert!(plan.status.as_ref().is_none_or(|s| s.aggregate.records == 10));
+    assert!(
+        plan.status
+            .as_ref()
+            .is_none_or(|s| s.aggregate.records == 10)
+    );
 }
 
 #[test]
@@ -181,18 +243,33 @@ fn a_failed_batch_is_retried_after_its_backoff() {
     let plan = sim.reconcile();
     let status = plan.status.as_ref().unwrap();
     assert_eq!(status.pending.len(), 1);
-    assert_eq!((status.pending[0].attempt, status.pending[0].failures), (2, 1));
+    assert_eq!(
+        (status.pending[0].attempt, status.pending[0].failures),
+        (2, 1)
+    );
     assert_eq!(status.failures[0].reason, "Error");
     assert!(status.failures[0].message.contains("boom"));
-    let wait = status.pending[0].not_before.as_ref().map(|t| t.0.duration_since(sim.now).unsigned_abs());
+    let wait = status.pending[0]
+        .not_before
+        .as_ref()
+        .map(|t| t.0.duration_since(sim.now).unsigned_abs());
     if let Some(wait) = wait {
         assert!(plan.launch.is_empty(), "no retry before the backoff ends");
-        assert_eq!(plan.requeue_after, Some(wait.min(plan.requeue_after.unwrap())));
+        assert_eq!(
+            plan.requeue_after,
+            Some(wait.min(plan.requeue_after.unwrap()))
+        );
         sim.now += wait + Duration::from_secs(1);
     }
     sim.collect_garbage();
     let plan = sim.reconcile();
-    assert_eq!(plan.launch, vec![Launch { range: RecordRange::new(0, 10), attempt: 2 }]);
+    assert_eq!(
+        plan.launch,
+        vec![Launch {
+            range: RecordRange::new(0, 10),
+            attempt: 2
+        }]
+    );
 }
 
 #[test]
@@ -202,7 +279,11 @@ fn a_batch_failing_every_attempt_fails_the_run_with_its_range() {
     sim.spec.retry.backoff.max_seconds = 0;
     sim.reconcile();
     for _ in 0..3 {
-        let index = sim.attempts.iter().position(|a| a.range.start == 0 && a.pods[0].exit.is_none()).unwrap();
+        let index = sim
+            .attempts
+            .iter()
+            .position(|a| a.range.start == 0 && a.pods[0].exit.is_none())
+            .unwrap();
         sim.end(index, 2, "Error", "bad row");
         sim.reconcile();
         sim.collect_garbage();
@@ -216,8 +297,16 @@ fn a_batch_failing_every_attempt_fails_the_run_with_its_range() {
     assert_eq!(status.phase, Some(Phase::Failed));
     assert_eq!(status.failed, "0-9");
     assert_eq!(status.completed, "10-19");
-    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
-    assert!(failed.message.contains("records 0-9 failed"), "{}", failed.message);
+    let failed = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed")
+        .unwrap();
+    assert!(
+        failed.message.contains("records 0-9 failed"),
+        "{}",
+        failed.message
+    );
     assert!(failed.message.contains("bad row"), "{}", failed.message);
 }
 
@@ -234,8 +323,17 @@ fn the_run_succeeds_when_every_record_is_done() {
     assert_eq!(status.completed, "0-24");
     assert_eq!(status.progress.as_deref(), Some("25/25"));
     assert!(status.completion_time.is_some());
-    assert!(plan.notices.iter().any(|n| matches!(n, Notice::Finished(RunState::Succeeded { .. }))));
-    assert!(status.conditions.iter().any(|c| c.type_ == "Complete" && c.status == "True"));
+    assert!(
+        plan.notices
+            .iter()
+            .any(|n| matches!(n, Notice::Finished(RunState::Succeeded { .. })))
+    );
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Complete" && c.status == "True")
+    );
 }
 
 #[test]
@@ -281,7 +379,12 @@ fn too_many_failed_batches_stop_the_run() {
     assert!(plan.launch.is_empty());
     let status = plan.status.unwrap();
     assert_eq!(status.phase, Some(Phase::Failed));
-    assert!(status.conditions.iter().any(|c| c.type_ == "Failed" && c.message.contains("the run stopped")));
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Failed" && c.message.contains("the run stopped"))
+    );
 }
 
 #[test]
@@ -293,7 +396,9 @@ fn a_full_retry_queue_stops_fresh_batches() {
             end: i * 10 + 10,
             attempt: 2,
             failures: 1,
-            not_before: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t0() + Duration::from_secs(60))),
+            not_before: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                t0() + Duration::from_secs(60),
+            )),
             reason: "Error".into(),
         })
         .collect();
@@ -309,7 +414,12 @@ fn an_unreadable_status_is_reported_not_guessed() {
     let plan = sim.reconcile();
     assert!(plan.launch.is_empty());
     let status = plan.status.unwrap();
-    assert!(status.conditions.iter().any(|c| c.type_ == "Stalled" && c.reason == "InvalidStatus"));
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.reason == "InvalidStatus")
+    );
 }
 
 #[test]
@@ -320,7 +430,10 @@ fn failed_pods_are_kept_for_their_retention_then_released() {
     sim.end(0, 1, "Error", "x");
     let plan = sim.reconcile();
     assert!(plan.release.is_empty());
-    assert_eq!(plan.requeue_after.map(|d| d <= Duration::from_secs(60)), Some(true));
+    assert_eq!(
+        plan.requeue_after.map(|d| d <= Duration::from_secs(60)),
+        Some(true)
+    );
     sim.now += Duration::from_secs(61);
     let plan = sim.reconcile();
     assert_eq!(plan.release, vec!["pod-0-1".to_string()]);
@@ -334,9 +447,13 @@ fn crashes_at_any_step_never_lose_or_double_count_a_result() {
         let mut sim = Sim::new(spec(400, 10, 4));
         sim.spec.retry.backoff.base_seconds = 0;
         sim.spec.retry.backoff.max_seconds = 0;
-        let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut rng = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let mut next = || {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (rng >> 33) as usize
         };
         for _ in 0..2000 {
@@ -363,4 +480,140 @@ fn crashes_at_any_step_never_lose_or_double_count_a_result() {
         assert_eq!(sim.status.aggregate.sums["amount"], 400.0, "seed {seed}");
         assert_eq!(sim.status.aggregate.outputs.count, 40, "seed {seed}");
     }
+}
+
+#[test]
+fn later_batches_shrink_to_fit_the_memory_learned_from_finished_ones() {
+    let mut sim = Sim::new(spec(10_000, 1000, 1));
+    sim.reconcile();
+    // The first batch peaked at 90% of 2Gi for 1000 records.
+    sim.memory = Some(RunMemory {
+        pods: [(
+            "pod-0-1".to_string(),
+            PodMemory {
+                fraction: 0.9,
+                peak_fraction: 0.9,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    });
+    sim.succeed(0);
+    let plan = sim.reconcile();
+    let status = plan.status.unwrap();
+    let per_record = status.guard.bytes_per_record;
+    assert_eq!(
+        per_record,
+        (0.9 * 2.0 * 1024.0 * 1024.0 * 1024.0 / 1000.0_f64).ceil() as u64
+    );
+    // 85% threshold with a 0.8 margin: 0.68 of the limit over 0.9 per 1000 records.
+    assert_eq!(status.guard.batch_size, 755);
+    assert_eq!(
+        plan.launch,
+        vec![Launch {
+            range: RecordRange::new(1000, 1755),
+            attempt: 1
+        }]
+    );
+    assert_eq!(
+        status.pending.len(),
+        1,
+        "an off-grid cut is remembered before its Job exists"
+    );
+    assert_eq!(status.pending[0].reason, "Sized");
+    assert_eq!(status.batches.retrying, 0);
+}
+
+#[test]
+fn adaptive_size_never_exceeds_the_configured_batch_size() {
+    let spec = spec(100, 10, 1);
+    assert_eq!(adaptive_batch_size(&spec, 1, 1 << 30), 10);
+    assert_eq!(adaptive_batch_size(&spec, 0, 1 << 30), 10);
+    assert_eq!(adaptive_batch_size(&spec, u64::MAX / 2, 1 << 30), 1);
+}
+
+#[test]
+fn memory_pressure_condition_follows_the_guard() {
+    let mut sim = Sim::new(spec(100, 10, 2));
+    let find = |plan: &Plan| {
+        plan.status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "MemoryPressure")
+            .cloned()
+            .unwrap()
+    };
+    let off = sim.reconcile();
+    assert_eq!(
+        (find(&off).status.as_str(), find(&off).reason.as_str()),
+        ("Unknown", "GuardOff")
+    );
+
+    sim.memory = Some(RunMemory {
+        pods: [(
+            "pod-0-1".to_string(),
+            PodMemory {
+                fraction: 0.91,
+                peak_fraction: 0.91,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    });
+    let hot = sim.reconcile();
+    let c = find(&hot);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "AboveThreshold")
+    );
+    assert!(
+        c.message.contains("pod-0-1 at 91% of its 2Gi limit"),
+        "{}",
+        c.message
+    );
+    assert_eq!(hot.status.as_ref().unwrap().guard.peak_percent, 91);
+
+    sim.memory = Some(RunMemory {
+        blind: Some(crate::guard::view::Blindness {
+            since: t0(),
+            reason: "Prometheus query failed".into(),
+        }),
+        ..Default::default()
+    });
+    let blind = sim.reconcile();
+    let c = find(&blind);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("Unknown", "GuardBlind")
+    );
+    assert!(c.message.contains("Prometheus query failed"));
+    assert_eq!(
+        blind.status.as_ref().unwrap().guard.peak_percent,
+        91,
+        "the peak survives a blind spell"
+    );
+}
+
+#[test]
+fn a_drained_worker_continues_in_a_new_job() {
+    let mut sim = Sim::new(spec(100, 100, 1));
+    sim.reconcile();
+    sim.attempts[0].pods[0].guard_action = Some(crate::api::GuardAction::Drain);
+    sim.end(0, 143, "Error", r#"{"records": 40, "resumeFrom": 40}"#);
+    let plan = sim.reconcile();
+    let status = plan.status.as_ref().unwrap();
+    assert_eq!(status.completed, "0-39");
+    assert_eq!(status.guard.drains, 1);
+    assert_eq!(status.batches.drained, 1);
+    assert!(status.failures.is_empty());
+    // The default onPressure is Split: the 60 remaining records go in two halves.
+    assert_eq!(
+        plan.launch,
+        vec![Launch {
+            range: RecordRange::new(40, 70),
+            attempt: 2
+        }]
+    );
 }

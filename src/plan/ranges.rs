@@ -30,7 +30,10 @@ impl RecordRange {
     /// The two halves of a range (the first one larger when the length is odd).
     pub fn halves(&self) -> [RecordRange; 2] {
         let mid = self.start + self.len().div_ceil(2);
-        [RecordRange::new(self.start, mid), RecordRange::new(mid, self.end)]
+        [
+            RecordRange::new(self.start, mid),
+            RecordRange::new(mid, self.end),
+        ]
     }
 }
 
@@ -93,7 +96,11 @@ impl RangeSet {
     }
 
     pub fn contains_all(&self, range: &RecordRange) -> bool {
-        range.is_empty() || self.ranges.iter().any(|r| r.start <= range.start && range.end <= r.end)
+        range.is_empty()
+            || self
+                .ranges
+                .iter()
+                .any(|r| r.start <= range.start && range.end <= r.end)
     }
 
     pub fn overlaps(&self, range: &RecordRange) -> bool {
@@ -181,7 +188,9 @@ mod tests {
 
     #[test]
     fn adjacent_and_overlapping_ranges_merge() {
-        let set: RangeSet = [r(10, 20), r(0, 10), r(30, 40), r(15, 31)].into_iter().collect();
+        let set: RangeSet = [r(10, 20), r(0, 10), r(30, 40), r(15, 31)]
+            .into_iter()
+            .collect();
         assert_eq!(set.ranges(), &[r(0, 40)]);
         assert_eq!(set.len(), 40);
     }
@@ -216,7 +225,10 @@ mod tests {
         let gaps: Vec<_> = set.gaps(r(15, 35)).collect();
         assert_eq!(gaps, vec![r(20, 30)]);
         assert_eq!(set.gaps(r(10, 20)).count(), 0);
-        assert_eq!(RangeSet::new().gaps(r(3, 7)).collect::<Vec<_>>(), vec![r(3, 7)]);
+        assert_eq!(
+            RangeSet::new().gaps(r(3, 7)).collect::<Vec<_>>(),
+            vec![r(3, 7)]
+        );
     }
 
     #[test]

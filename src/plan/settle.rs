@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 
 use super::{Ledger, ObservedAttempt, RecordRange, Requeued, retry_delay};
-use crate::api::{FailureRecord, OnPressure, RetryPolicy};
+use crate::api::{FailureRecord, GuardAction, OnPressure, RetryPolicy};
 use crate::worker::{BadOutput, WorkerResult};
 
 /// Longest failure message kept in status.
@@ -21,23 +21,51 @@ pub enum Outcome {
         message: String,
         partial: Option<WorkerResult>,
     },
+    /// The memory guard stopped the worker; `partial` is its checkpoint, if it wrote one.
+    Stopped {
+        action: GuardAction,
+        partial: Option<WorkerResult>,
+    },
 }
 
 /// A user-visible consequence of settling, turned into an Event by the executor.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Settled {
     Succeeded,
-    Resumed { remainder: RecordRange },
-    Retrying { reason: String, message: String, delay_seconds: u64 },
-    SplitAfterOom { halves: [RecordRange; 2] },
-    FailedForGood { reason: String, message: String },
+    Resumed {
+        remainder: RecordRange,
+    },
+    Retrying {
+        reason: String,
+        message: String,
+        delay_seconds: u64,
+    },
+    SplitAfterOom {
+        halves: [RecordRange; 2],
+    },
+    FailedForGood {
+        reason: String,
+        message: String,
+    },
+    Stopped {
+        action: GuardAction,
+        remainder: RecordRange,
+        pieces: Vec<RecordRange>,
+    },
 }
 
 /// Reads the outcome of an attempt whose worker ended.
 pub fn outcome_of(attempt: &ObservedAttempt) -> Option<Outcome> {
     let range = attempt.range;
-    if let Some(exit) = attempt.pods.iter().find_map(|p| p.exit.as_ref()) {
+    if let Some(pod) = attempt.pods.iter().find(|p| p.exit.is_some()) {
+        let exit = pod.exit.as_ref()?;
         let parsed = WorkerResult::parse(&exit.message, range);
+        if let Some(action @ (GuardAction::Drain | GuardAction::Restart)) = pod.guard_action {
+            return Some(Outcome::Stopped {
+                action,
+                partial: parsed.ok(),
+            });
+        }
         return Some(if exit.exit_code == 0 {
             match parsed {
                 Ok(result) => Outcome::Finished(result),
@@ -57,20 +85,36 @@ pub fn outcome_of(attempt: &ObservedAttempt) -> Option<Outcome> {
             }
         });
     }
-    let finish = attempt.job.as_ref()?.finished.as_ref().filter(|f| f.failed)?;
+    let finish = attempt
+        .job
+        .as_ref()?
+        .finished
+        .as_ref()
+        .filter(|f| f.failed)?;
     Some(Outcome::Failed {
         reason: non_empty(&finish.reason, "JobFailed"),
-        message: format!("the Job failed before its worker reported a result: {}", finish.message),
+        message: format!(
+            "the Job failed before its worker reported a result: {}",
+            finish.message
+        ),
         partial: None,
     })
 }
 
 fn bad_output(bad: BadOutput) -> Outcome {
-    Outcome::Failed { reason: "BadOutput".into(), message: bad.to_string(), partial: None }
+    Outcome::Failed {
+        reason: "BadOutput".into(),
+        message: bad.to_string(),
+        partial: None,
+    }
 }
 
 fn non_empty(text: &str, fallback: &str) -> String {
-    if text.is_empty() { fallback.to_string() } else { text.to_string() }
+    if text.is_empty() {
+        fallback.to_string()
+    } else {
+        text.to_string()
+    }
 }
 
 /// Settles one attempt into the ledger. The caller checked `ledger.awaits(range, attempt)`.
@@ -96,7 +140,14 @@ pub fn settle(
     match outcome {
         Outcome::Finished(result) => {
             if let Err(err) = ledger.add_result(result.done(range), &result) {
-                return settle(ledger, range, attempt, bad_output_text(err.to_string()), policy, now);
+                return settle(
+                    ledger,
+                    range,
+                    attempt,
+                    bad_output_text(err.to_string()),
+                    policy,
+                    now,
+                );
             }
             ledger.succeeded += 1;
             let remainder = result.remainder(range);
@@ -105,11 +156,73 @@ pub fn settle(
             }
             ledger.drained += 1;
             for part in pieces(remainder, policy.on_pressure) {
-                ledger.pending.push(requeue(part, "Resumed", failures, Default::default()));
+                ledger
+                    .pending
+                    .push(requeue(part, "Resumed", failures, Default::default()));
             }
             Settled::Resumed { remainder }
         }
-        Outcome::Failed { reason, message, partial } => {
+        Outcome::Stopped { action, partial } => {
+            let mut rest = range;
+            if let Some(result) = partial
+                && ledger.add_result(result.done(range), &result).is_ok()
+            {
+                rest = result.remainder(range);
+            }
+            ledger.drained += 1;
+            match action {
+                GuardAction::Restart => ledger.guard.restarts += 1,
+                _ => ledger.guard.drains += 1,
+            }
+            if rest.is_empty() {
+                return Settled::Succeeded;
+            }
+            // Every guard action must shrink what is left, or a worker that never checkpoints
+            // would be stopped forever: without progress the rest is halved.
+            let pieces = match (rest.start > range.start, action) {
+                (true, GuardAction::Drain) => pieces(rest, policy.on_pressure),
+                (true, _) => vec![rest],
+                (false, _) if rest.len() > 1 => rest.halves().to_vec(),
+                (false, _) => {
+                    ledger.failed.insert(rest);
+                    ledger.failed_batches += 1;
+                    let message = format!(
+                        "record {} alone needs more than {}% of the {} memory limit: raise spec.resources.memory.limit",
+                        rest.start, policy.threshold, policy.limit
+                    );
+                    ledger.record_failure(FailureRecord {
+                        range: rest.to_string(),
+                        attempt,
+                        reason: "MemoryPressure".into(),
+                        message: message.clone(),
+                    });
+                    return Settled::FailedForGood {
+                        reason: "MemoryPressure".into(),
+                        message,
+                    };
+                }
+            };
+            let reason = if action == GuardAction::Restart {
+                "Restarted"
+            } else {
+                "Drained"
+            };
+            for piece in &pieces {
+                ledger
+                    .pending
+                    .push(requeue(*piece, reason, failures, Default::default()));
+            }
+            Settled::Stopped {
+                action,
+                remainder: rest,
+                pieces,
+            }
+        }
+        Outcome::Failed {
+            reason,
+            message,
+            partial,
+        } => {
             let mut rest = range;
             if let Some(result) = partial {
                 if ledger.add_result(result.done(range), &result).is_ok() {
@@ -131,7 +244,12 @@ pub fn settle(
                 if rest.len() > 1 {
                     let halves = rest.halves();
                     for half in halves {
-                        ledger.pending.push(requeue(half, "OOMKilled", failures, Default::default()));
+                        ledger.pending.push(requeue(
+                            half,
+                            "OOMKilled",
+                            failures,
+                            Default::default(),
+                        ));
                     }
                     return Settled::SplitAfterOom { halves };
                 }
@@ -140,18 +258,31 @@ pub fn settle(
             if failures >= policy.retry.max_attempts {
                 ledger.failed.insert(rest);
                 ledger.failed_batches += 1;
-                let message = format!("{message} (attempt {attempt}, {failures} failures: no retries left)");
+                let message =
+                    format!("{message} (attempt {attempt}, {failures} failures: no retries left)");
                 return Settled::FailedForGood { reason, message };
             }
-            let delay = retry_delay(&policy.retry.backoff, failures, (policy.seed, rest, attempt));
+            let delay = retry_delay(
+                &policy.retry.backoff,
+                failures,
+                (policy.seed, rest, attempt),
+            );
             ledger.pending.push(requeue(rest, &reason, failures, delay));
-            Settled::Retrying { reason, message, delay_seconds: delay.as_secs() }
+            Settled::Retrying {
+                reason,
+                message,
+                delay_seconds: delay.as_secs(),
+            }
         }
     }
 }
 
 fn bad_output_text(message: String) -> Outcome {
-    Outcome::Failed { reason: "BadOutput".into(), message, partial: None }
+    Outcome::Failed {
+        reason: "BadOutput".into(),
+        message,
+        partial: None,
+    }
 }
 
 /// How a remainder is queued again.
@@ -178,6 +309,9 @@ fn truncate(text: &str, max: usize) -> String {
 pub struct SettlePolicy<'a> {
     pub retry: &'a RetryPolicy,
     pub on_pressure: OnPressure,
+    /// Guard threshold and memory limit, for the message of a record too large to process.
+    pub threshold: u8,
+    pub limit: &'a str,
     /// Seeds the jitter (the run's uid).
     pub seed: &'a str,
 }
@@ -190,7 +324,13 @@ mod tests {
     const BATCH: RecordRange = RecordRange { start: 0, end: 100 };
 
     fn policy(retry: &RetryPolicy) -> SettlePolicy<'_> {
-        SettlePolicy { retry, on_pressure: OnPressure::Resume, seed: "uid" }
+        SettlePolicy {
+            retry,
+            on_pressure: OnPressure::Resume,
+            threshold: 85,
+            limit: "2Gi",
+            seed: "uid",
+        }
     }
 
     fn now() -> Timestamp {
@@ -206,6 +346,7 @@ mod tests {
                 name: "p".into(),
                 holds_result: true,
                 deleting: false,
+                guard_action: None,
                 exit: Some(WorkerExit {
                     exit_code,
                     reason: reason.into(),
@@ -219,12 +360,21 @@ mod tests {
     #[test]
     fn success_with_result_is_finished() {
         let outcome = outcome_of(&ended(0, "Completed", r#"{"records": 100}"#)).unwrap();
-        assert_eq!(outcome, Outcome::Finished(WorkerResult { records: 100, ..Default::default() }));
+        assert_eq!(
+            outcome,
+            Outcome::Finished(WorkerResult {
+                records: 100,
+                ..Default::default()
+            })
+        );
     }
 
     #[test]
     fn success_without_result_is_bad_output() {
-        let Outcome::Failed { reason, message, .. } = outcome_of(&ended(0, "Completed", "")).unwrap() else {
+        let Outcome::Failed {
+            reason, message, ..
+        } = outcome_of(&ended(0, "Completed", "")).unwrap()
+        else {
             panic!("expected a failure");
         };
         assert_eq!(reason, "BadOutput");
@@ -233,7 +383,12 @@ mod tests {
 
     #[test]
     fn failure_keeps_reason_and_exit_code() {
-        let Outcome::Failed { reason, message, partial } = outcome_of(&ended(137, "OOMKilled", "")).unwrap() else {
+        let Outcome::Failed {
+            reason,
+            message,
+            partial,
+        } = outcome_of(&ended(137, "OOMKilled", "")).unwrap()
+        else {
             panic!("expected a failure");
         };
         assert_eq!(reason, "OOMKilled");
@@ -249,11 +404,17 @@ mod tests {
             job: Some(JobState {
                 name: "j".into(),
                 deleting: false,
-                finished: Some(JobFinish { failed: true, reason: "DeadlineExceeded".into(), message: "too slow".into() }),
+                finished: Some(JobFinish {
+                    failed: true,
+                    reason: "DeadlineExceeded".into(),
+                    message: "too slow".into(),
+                }),
             }),
             pods: vec![],
         };
-        let Outcome::Failed { reason, .. } = outcome_of(&attempt).unwrap() else { panic!() };
+        let Outcome::Failed { reason, .. } = outcome_of(&attempt).unwrap() else {
+            panic!()
+        };
         assert_eq!(reason, "DeadlineExceeded");
     }
 
@@ -269,18 +430,30 @@ mod tests {
         let retry = RetryPolicy::default();
         let policy = policy(&retry);
         let mut ledger = Ledger::default();
-        let fail = || Outcome::Failed { reason: "Error".into(), message: "boom".into(), partial: None };
+        let fail = || Outcome::Failed {
+            reason: "Error".into(),
+            message: "boom".into(),
+            partial: None,
+        };
 
         let first = settle(&mut ledger, BATCH, 1, fail(), &policy, now());
         assert!(matches!(first, Settled::Retrying { delay_seconds, .. } if delay_seconds <= 10));
         assert_eq!(ledger.pending.len(), 1);
-        assert_eq!((ledger.pending[0].attempt, ledger.pending[0].failures), (2, 1));
+        assert_eq!(
+            (ledger.pending[0].attempt, ledger.pending[0].failures),
+            (2, 1)
+        );
 
         settle(&mut ledger, BATCH, 2, fail(), &policy, now());
-        assert_eq!((ledger.pending[0].attempt, ledger.pending[0].failures), (3, 2));
+        assert_eq!(
+            (ledger.pending[0].attempt, ledger.pending[0].failures),
+            (3, 2)
+        );
 
         let last = settle(&mut ledger, BATCH, 3, fail(), &policy, now());
-        assert!(matches!(last, Settled::FailedForGood { ref message, .. } if message.contains("no retries left")));
+        assert!(
+            matches!(last, Settled::FailedForGood { ref message, .. } if message.contains("no retries left"))
+        );
         assert!(ledger.pending.is_empty());
         assert_eq!(ledger.failed.to_string(), "0-99");
         assert_eq!(ledger.failed_batches, 1);
@@ -291,34 +464,84 @@ mod tests {
     fn checkpointed_result_is_counted_and_the_rest_resumes() {
         let retry = RetryPolicy::default();
         let mut ledger = Ledger::default();
-        let result = WorkerResult { records: 40, resume_from: Some(40), ..Default::default() };
-        let settled = settle(&mut ledger, BATCH, 1, Outcome::Finished(result), &policy(&retry), now());
-        assert_eq!(settled, Settled::Resumed { remainder: RecordRange::new(40, 100) });
+        let result = WorkerResult {
+            records: 40,
+            resume_from: Some(40),
+            ..Default::default()
+        };
+        let settled = settle(
+            &mut ledger,
+            BATCH,
+            1,
+            Outcome::Finished(result),
+            &policy(&retry),
+            now(),
+        );
+        assert_eq!(
+            settled,
+            Settled::Resumed {
+                remainder: RecordRange::new(40, 100)
+            }
+        );
         assert_eq!(ledger.completed.to_string(), "0-39");
         assert_eq!(ledger.aggregate.records, 40);
         let next = &ledger.pending[0];
-        assert_eq!((next.range, next.attempt, next.failures, next.not_before), (RecordRange::new(40, 100), 2, 0, None));
+        assert_eq!(
+            (next.range, next.attempt, next.failures, next.not_before),
+            (RecordRange::new(40, 100), 2, 0, None)
+        );
     }
 
     #[test]
     fn split_policy_queues_the_rest_in_halves() {
         let retry = RetryPolicy::default();
-        let policy = SettlePolicy { retry: &retry, on_pressure: OnPressure::Split, seed: "uid" };
+        let policy = SettlePolicy {
+            on_pressure: OnPressure::Split,
+            ..policy(&retry)
+        };
         let mut ledger = Ledger::default();
-        let result = WorkerResult { records: 20, resume_from: Some(20), ..Default::default() };
-        settle(&mut ledger, BATCH, 1, Outcome::Finished(result), &policy, now());
+        let result = WorkerResult {
+            records: 20,
+            resume_from: Some(20),
+            ..Default::default()
+        };
+        settle(
+            &mut ledger,
+            BATCH,
+            1,
+            Outcome::Finished(result),
+            &policy,
+            now(),
+        );
         let ranges: Vec<_> = ledger.pending.iter().map(|p| p.range).collect();
-        assert_eq!(ranges, vec![RecordRange::new(20, 60), RecordRange::new(60, 100)]);
+        assert_eq!(
+            ranges,
+            vec![RecordRange::new(20, 60), RecordRange::new(60, 100)]
+        );
     }
 
     #[test]
     fn oom_killed_batch_is_retried_in_halves_without_using_an_attempt() {
         let retry = RetryPolicy::default();
         let mut ledger = Ledger::default();
-        let oom = Outcome::Failed { reason: "OOMKilled".into(), message: "exit 137".into(), partial: None };
+        let oom = Outcome::Failed {
+            reason: "OOMKilled".into(),
+            message: "exit 137".into(),
+            partial: None,
+        };
         let settled = settle(&mut ledger, BATCH, 1, oom, &policy(&retry), now());
-        assert_eq!(settled, Settled::SplitAfterOom { halves: BATCH.halves() });
-        assert!(ledger.pending.iter().all(|p| p.failures == 0 && p.attempt == 2));
+        assert_eq!(
+            settled,
+            Settled::SplitAfterOom {
+                halves: BATCH.halves()
+            }
+        );
+        assert!(
+            ledger
+                .pending
+                .iter()
+                .all(|p| p.failures == 0 && p.attempt == 2)
+        );
         assert_eq!(ledger.guard.oom_kills, 1);
     }
 
@@ -326,11 +549,97 @@ mod tests {
     fn failing_worker_with_checkpoint_keeps_its_progress() {
         let retry = RetryPolicy::default();
         let mut ledger = Ledger::default();
-        let partial = WorkerResult { records: 10, resume_from: Some(10), ..Default::default() };
-        let failed = Outcome::Failed { reason: "Error".into(), message: "x".into(), partial: Some(partial) };
+        let partial = WorkerResult {
+            records: 10,
+            resume_from: Some(10),
+            ..Default::default()
+        };
+        let failed = Outcome::Failed {
+            reason: "Error".into(),
+            message: "x".into(),
+            partial: Some(partial),
+        };
         settle(&mut ledger, BATCH, 1, failed, &policy(&retry), now());
         assert_eq!(ledger.completed.to_string(), "0-9");
         assert_eq!(ledger.pending[0].range, RecordRange::new(10, 100));
+    }
+
+    #[test]
+    fn drained_batch_resumes_from_checkpoint_without_using_an_attempt() {
+        let retry = RetryPolicy::default();
+        let mut ledger = Ledger::default();
+        let partial = WorkerResult {
+            records: 30,
+            resume_from: Some(30),
+            ..Default::default()
+        };
+        let stopped = Outcome::Stopped {
+            action: GuardAction::Drain,
+            partial: Some(partial),
+        };
+        let settled = settle(&mut ledger, BATCH, 1, stopped, &policy(&retry), now());
+        assert_eq!(
+            settled,
+            Settled::Stopped {
+                action: GuardAction::Drain,
+                remainder: RecordRange::new(30, 100),
+                pieces: vec![RecordRange::new(30, 100)]
+            }
+        );
+        assert_eq!(ledger.completed.to_string(), "0-29");
+        assert_eq!((ledger.guard.drains, ledger.drained), (1, 1));
+        assert_eq!(
+            (ledger.pending[0].failures, ledger.pending[0].attempt),
+            (0, 2)
+        );
+        assert!(ledger.failures.is_empty(), "a drain is not a failure");
+    }
+
+    #[test]
+    fn stopped_worker_without_checkpoint_is_halved_until_one_record_fails() {
+        let retry = RetryPolicy::default();
+        let mut ledger = Ledger::default();
+        let restart = || Outcome::Stopped {
+            action: GuardAction::Restart,
+            partial: None,
+        };
+        let settled = settle(
+            &mut ledger,
+            RecordRange::new(0, 2),
+            1,
+            restart(),
+            &policy(&retry),
+            now(),
+        );
+        assert!(matches!(settled, Settled::Stopped { ref pieces, .. } if pieces.len() == 2));
+        assert_eq!(ledger.guard.restarts, 1);
+        let settled = settle(
+            &mut ledger,
+            RecordRange::new(0, 1),
+            2,
+            restart(),
+            &policy(&retry),
+            now(),
+        );
+        let Settled::FailedForGood { reason, message } = settled else {
+            panic!("{settled:?}")
+        };
+        assert_eq!(reason, "MemoryPressure");
+        assert!(
+            message.contains("record 0 alone needs more than 85% of the 2Gi memory limit"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_guard_stopped_pod_is_not_read_as_a_failure() {
+        let mut attempt = ended(143, "Error", r#"{"records": 10, "resumeFrom": 10}"#);
+        attempt.pods[0].guard_action = Some(GuardAction::Drain);
+        let Some(Outcome::Stopped { action, partial }) = outcome_of(&attempt) else {
+            panic!()
+        };
+        assert_eq!(action, GuardAction::Drain);
+        assert_eq!(partial.and_then(|p| p.resume_from), Some(10));
     }
 
     #[test]

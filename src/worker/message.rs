@@ -39,7 +39,10 @@ pub enum BadOutput {
     #[error("sum {0:?} is not a finite number")]
     NonFiniteSum(String),
     #[error("resumeFrom {resume_from} is outside the batch {range}")]
-    ResumeOutsideBatch { resume_from: u64, range: RecordRange },
+    ResumeOutsideBatch {
+        resume_from: u64,
+        range: RecordRange,
+    },
 }
 
 impl WorkerResult {
@@ -80,7 +83,10 @@ impl WorkerResult {
 mod tests {
     use super::*;
 
-    const BATCH: RecordRange = RecordRange { start: 100, end: 200 };
+    const BATCH: RecordRange = RecordRange {
+        start: 100,
+        end: 200,
+    };
 
     #[test]
     fn full_result_is_read() {
@@ -133,13 +139,22 @@ mod tests {
     #[test]
     fn oversized_message_is_bad_output() {
         let big = format!(r#"{{"records": 1, "outputs": ["{}"]}}"#, "x".repeat(5000));
-        assert_eq!(WorkerResult::parse(&big, BATCH), Err(BadOutput::TooLarge(big.len())));
+        assert_eq!(
+            WorkerResult::parse(&big, BATCH),
+            Err(BadOutput::TooLarge(big.len()))
+        );
     }
 
     #[test]
     fn resume_outside_the_batch_is_bad_output() {
         let err = WorkerResult::parse(r#"{"records": 1, "resumeFrom": 250}"#, BATCH).unwrap_err();
-        assert_eq!(err, BadOutput::ResumeOutsideBatch { resume_from: 250, range: BATCH });
+        assert_eq!(
+            err,
+            BadOutput::ResumeOutsideBatch {
+                resume_from: 250,
+                range: BATCH
+            }
+        );
         assert!(err.to_string().contains("outside the batch 100-199"));
     }
 }

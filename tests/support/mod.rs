@@ -22,7 +22,9 @@ pub async fn client() -> Client {
         );
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::try_default().await.expect("a client for the cluster in KUBECONFIG")
+    Client::try_default()
+        .await
+        .expect("a client for the cluster in KUBECONFIG")
 }
 
 /// Installs (or updates) the BatchRun CRD and waits until it is served.
@@ -30,16 +32,31 @@ pub async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = BatchRun::crd();
     let params = PatchParams::apply("batchguard-tests").force();
-    crds.patch(&crd.name_any(), &params, &Patch::Apply(&crd)).await.expect("CRD applied");
-    wait_for("the BatchRun CRD to be established", Duration::from_secs(30), || async {
-        let crd = crds.get(&BatchRun::crd_name()).await.ok()?;
-        let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
-        established.then_some(())
-    })
+    crds.patch(&crd.name_any(), &params, &Patch::Apply(&crd))
+        .await
+        .expect("CRD applied");
+    wait_for(
+        "the BatchRun CRD to be established",
+        Duration::from_secs(30),
+        || async {
+            let crd = crds.get(BatchRun::crd_name()).await.ok()?;
+            let established = crd
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        },
+    )
     .await;
     // Discovery of a new resource lags the condition a little.
     let runs: Api<BatchRun> = Api::namespaced(client.clone(), "default");
-    wait_for("BatchRuns to be listable", Duration::from_secs(30), || async { runs.list(&Default::default()).await.ok().map(|_| ()) }).await;
+    wait_for(
+        "BatchRuns to be listable",
+        Duration::from_secs(30),
+        || async { runs.list(&Default::default()).await.ok().map(|_| ()) },
+    )
+    .await;
 }
 
 /// A namespace of its own for one test, deleted when dropped.
@@ -50,12 +67,23 @@ pub struct TestNamespace {
 
 impl TestNamespace {
     pub async fn new(client: &Client, prefix: &str) -> Self {
-        let suffix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000;
+        let suffix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 1_000_000;
         let name = format!("{prefix}-{suffix}");
         let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
-        namespaces.create(&PostParams::default(), &ns).await.expect("namespace created");
-        Self { name, client: client.clone() }
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("namespace created");
+        Self {
+            name,
+            client: client.clone(),
+        }
     }
 }
 
@@ -65,7 +93,10 @@ impl Drop for TestNamespace {
         let name = self.name.clone();
         // Best effort: the namespace goes away in the background.
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let namespaces: Api<Namespace> = Api::all(client);
                 let _ = namespaces.delete(&name, &DeleteParams::background()).await;
@@ -86,7 +117,11 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(namespace: &str) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         Self::start_on(namespace, port)
     }
 
@@ -94,15 +129,29 @@ impl Operator {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("{namespace}.log"));
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_batchguard"))
-            .args(["--namespace", namespace, "--admin-address", &format!("127.0.0.1:{port}")])
+            .args([
+                "--namespace",
+                namespace,
+                "--admin-address",
+                &format!("127.0.0.1:{port}"),
+            ])
             .env("RUST_LOG", "info,batchguard=debug,kube=warn")
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
             .spawn()
             .expect("the operator binary starts");
-        Self { child, admin: format!("127.0.0.1:{port}"), log, namespace: namespace.to_string() }
+        Self {
+            child,
+            admin: format!("127.0.0.1:{port}"),
+            log,
+            namespace: namespace.to_string(),
+        }
     }
 
     /// SIGKILL: no graceful shutdown, exactly like a crashed or evicted operator.
@@ -139,7 +188,10 @@ impl Drop for Operator {
 pub async fn http_get(address: &str, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
     let mut body = String::new();
     stream.read_to_string(&mut body).await.ok()?;
     body.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
@@ -179,7 +231,12 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         .spawn()
         .expect("kubectl on PATH");
     if let Some(text) = stdin {
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();

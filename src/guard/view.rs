@@ -1,0 +1,70 @@
+//! What the guard has seen, shared with the planner: per run, the latest and peak memory of
+//! each worker and whether the guard is blind. Kept in memory: after a restart it refills at
+//! the next poll, and the status keeps the peak.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+
+/// Memory seen for one worker pod.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodMemory {
+    /// Latest fraction of the limit.
+    pub fraction: f64,
+    /// Highest fraction of the limit seen.
+    pub peak_fraction: f64,
+}
+
+/// The guard's view of one run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunMemory {
+    pub pods: BTreeMap<String, PodMemory>,
+    /// Set while the guard cannot see some live worker's memory.
+    pub blind: Option<Blindness>,
+    /// The last action the guard took, for the MemoryPressure condition.
+    pub last_action: Option<String>,
+}
+
+/// Since when, and why, the guard cannot see.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Blindness {
+    pub since: Timestamp,
+    pub reason: String,
+}
+
+impl RunMemory {
+    /// Highest percent of the limit seen on any worker.
+    pub fn peak_percent(&self) -> u32 {
+        let peak = self
+            .pods
+            .values()
+            .map(|p| p.peak_fraction)
+            .fold(0.0, f64::max);
+        (peak * 100.0).round() as u32
+    }
+}
+
+/// Shared between the poller (writer) and the reconciles (readers), keyed by run uid.
+#[derive(Clone, Default)]
+pub struct GuardView {
+    runs: Arc<Mutex<BTreeMap<String, RunMemory>>>,
+}
+
+impl GuardView {
+    pub fn get(&self, run_uid: &str) -> Option<RunMemory> {
+        self.runs.lock().ok()?.get(run_uid).cloned()
+    }
+
+    pub fn update(&self, run_uid: &str, change: impl FnOnce(&mut RunMemory)) {
+        if let Ok(mut runs) = self.runs.lock() {
+            change(runs.entry(run_uid.to_string()).or_default());
+        }
+    }
+
+    pub fn forget(&self, run_uid: &str) {
+        if let Ok(mut runs) = self.runs.lock() {
+            runs.remove(run_uid);
+        }
+    }
+}
