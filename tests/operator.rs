@@ -130,10 +130,7 @@ fn sample_alive(
 type JobsSeen = Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>;
 
 /// Records every Job UID ever created per (range, attempt).
-fn record_jobs(
-    client: &Client,
-    namespace: &str,
-) -> (JobsSeen, tokio::task::JoinHandle<()>) {
+fn record_jobs(client: &Client, namespace: &str) -> (JobsSeen, tokio::task::JoinHandle<()>) {
     let seen = Arc::new(Mutex::new(BTreeMap::<String, BTreeSet<String>>::new()));
     let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
     let record = seen.clone();

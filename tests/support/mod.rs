@@ -66,11 +66,18 @@ pub struct TestNamespace {
 
 impl TestNamespace {
     pub async fn new(client: &Client, prefix: &str) -> Self {
-        let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros();
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
         let name = format!("{prefix}-{}", micros % 100_000_000);
         let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
-        namespaces.create(&PostParams::default(), &ns).await.expect("namespace created");
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("namespace created");
         Self { name }
     }
 }
@@ -81,7 +88,10 @@ impl Drop for TestNamespace {
         // The test's client lives on the test's runtime, which this drop blocks: a fresh
         // client on a runtime of its own deletes the namespace (best effort).
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 if let Ok(client) = Client::try_default().await {
                     let namespaces: Api<Namespace> = Api::all(client);
@@ -100,19 +110,31 @@ pub struct Operator {
     pub admin: String,
     pub log: PathBuf,
     namespace: String,
+    env: Vec<(String, String)>,
 }
 
 impl Operator {
+    /// Starts the operator with the test environment (PROMETHEUS_URL from tests/cluster/up
+    /// turns the memory guard on) and a one-second guard poll.
     pub fn start(namespace: &str) -> Self {
+        Self::start_with_env(namespace, &[])
+    }
+
+    /// Starts the operator with extra environment variables.
+    pub fn start_with_env(namespace: &str, env: &[(&str, &str)]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        Self::start_on(namespace, port)
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::start_on(namespace, port, env)
     }
 
-    fn start_on(namespace: &str, port: u16) -> Self {
+    fn start_on(namespace: &str, port: u16, env: Vec<(String, String)>) -> Self {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("{namespace}.log"));
@@ -129,6 +151,8 @@ impl Operator {
                 &format!("127.0.0.1:{port}"),
             ])
             .env("RUST_LOG", "info,batchguard=debug,kube=warn")
+            .env("BATCHGUARD_POLL_INTERVAL_SECONDS", "1")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
             .spawn()
@@ -138,6 +162,7 @@ impl Operator {
             admin: format!("127.0.0.1:{port}"),
             log,
             namespace: namespace.to_string(),
+            env,
         }
     }
 
@@ -150,7 +175,7 @@ impl Operator {
     pub fn restart(&mut self) {
         self.kill();
         let port: u16 = self.admin.rsplit(':').next().unwrap().parse().unwrap();
-        *self = Self::start_on(&self.namespace.clone(), port);
+        *self = Self::start_on(&self.namespace.clone(), port, self.env.clone());
     }
 
     /// The operator's own metrics text.
