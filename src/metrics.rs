@@ -34,7 +34,7 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub batches: Family<ResultLabels, Counter>,
     pub live_workers: Family<RunLabels, Gauge>,
-    pub api_writes: Family<RequestLabels, Counter>,
+    pub api_requests: Family<RequestLabels, Counter>,
     pub guard_queries: Counter,
     pub guard_query_failures: Counter,
     pub guard_query_duration: Histogram,
@@ -49,7 +49,7 @@ impl Default for Metrics {
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let batches = Family::<ResultLabels, Counter>::default();
         let live_workers = Family::<RunLabels, Gauge>::default();
-        let api_writes = Family::<RequestLabels, Counter>::default();
+        let api_requests = Family::<RequestLabels, Counter>::default();
         registry.register("reconciles", "Reconciles of BatchRuns", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -72,9 +72,9 @@ impl Default for Metrics {
             live_workers.clone(),
         );
         registry.register(
-            "api_writes",
-            "Write requests the operator sent, by verb and resource",
-            api_writes.clone(),
+            "api_requests",
+            "Requests the operator sent (watches aside), by verb and resource",
+            api_requests.clone(),
         );
         let guard_queries = Counter::default();
         let guard_query_failures = Counter::default();
@@ -107,7 +107,7 @@ impl Default for Metrics {
             reconcile_duration,
             batches,
             live_workers,
-            api_writes,
+            api_requests,
             guard_queries,
             guard_query_failures,
             guard_query_duration,
@@ -149,8 +149,8 @@ impl Metrics {
             .inc();
     }
 
-    pub fn count_write(&self, verb: &str, resource: &str) {
-        self.api_writes
+    pub fn count_request(&self, verb: &str, resource: &str) {
+        self.api_requests
             .get_or_create(&RequestLabels {
                 verb: verb.into(),
                 resource: resource.into(),

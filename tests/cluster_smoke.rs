@@ -165,13 +165,25 @@ async fn a_job_pod_can_be_oom_killed_and_a_deleted_pod_reports_its_checkpoint() 
     // The finalizer holds the pod until it is released, as the operator does: only our entry
     // goes, the Job controller's own finalizer is left to it.
     let pod = pods.get(&name).await.unwrap();
-    let index = pod.metadata.finalizers.iter().flatten().position(|f| f == "batchguard.dev/result").unwrap();
+    let index = pod
+        .metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .position(|f| f == "batchguard.dev/result")
+        .unwrap();
     let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
         {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": "batchguard.dev/result"},
         {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
     ]))
     .unwrap();
-    pods.patch(&name, &Default::default(), &kube::api::Patch::<()>::Json(patch)).await.unwrap();
+    pods.patch(
+        &name,
+        &Default::default(),
+        &kube::api::Patch::<()>::Json(patch),
+    )
+    .await
+    .unwrap();
     wait_for(
         "the released pod to go away",
         Duration::from_secs(60),

@@ -95,6 +95,14 @@ fn sample_alive(
         loop {
             let lp = ListParams::default().labels("app.kubernetes.io/managed-by=batchguard");
             if let (Ok(jobs), Ok(pods)) = (jobs.list(&lp).await, pods.list(&lp).await) {
+                let running = |p: &Pod| {
+                    matches!(
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Pending" | "Running") | None
+                    )
+                };
+                let live_pods = pods.iter().filter(|p| running(p)).count();
+                // A Job is alive until its worker ended: not finished, and its pod (if any) running.
                 let live_jobs = jobs
                     .iter()
                     .filter(|j| j.metadata.deletion_timestamp.is_none())
@@ -106,14 +114,12 @@ fn sample_alive(
                                 c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed")
                             })
                     })
-                    .count();
-                let live_pods = pods
-                    .iter()
-                    .filter(|p| {
-                        matches!(
-                            p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                            Some("Pending" | "Running") | None
-                        )
+                    .filter(|j| {
+                        let own: Vec<&Pod> = pods
+                            .iter()
+                            .filter(|p| p.labels().get("job-name") == j.metadata.name.as_ref())
+                            .collect();
+                        own.is_empty() || own.iter().any(|p| running(p))
                     })
                     .count();
                 let mut peak = seen.lock().unwrap();

@@ -34,7 +34,7 @@ pub async fn execute(run: &BatchRun, plan: Plan, ctx: &Context) -> Result<Action
         // must not overwrite a newer ledger.
         let body =
             json!({"metadata": {"resourceVersion": run.resource_version()}, "status": status});
-        ctx.metrics.count_write("patch", "batchruns/status");
+        ctx.metrics.count_request("patch", "batchruns/status");
         match runs
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
             .await
@@ -56,6 +56,8 @@ pub async fn execute(run: &BatchRun, plan: Plan, ctx: &Context) -> Result<Action
         .iter()
         .map(|pod_name| ctx.pods.get(&ObjectRef::new(pod_name).within(&namespace)))
         .collect();
+    // Releases and launches are independent once the status is written; launches are on
+    // the run's critical path, so both go at once.
     let released = stream::iter(cached)
         .map(|cached| {
             let pods = pods.clone();
@@ -67,8 +69,7 @@ pub async fn execute(run: &BatchRun, plan: Plan, ctx: &Context) -> Result<Action
             }
         })
         .buffer_unordered(IN_FLIGHT)
-        .collect::<Vec<_>>()
-        .await;
+        .collect::<Vec<_>>();
 
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let built: Vec<_> = plan
@@ -87,7 +88,7 @@ pub async fn execute(run: &BatchRun, plan: Plan, ctx: &Context) -> Result<Action
                         return Ok(());
                     }
                 };
-                ctx.metrics.count_write("create", "jobs");
+                ctx.metrics.count_request("create", "jobs");
                 match jobs.create(&PostParams::default(), &job).await {
                     Ok(_) => {
                         tracing::info!(range = %launch.range, attempt = launch.attempt, "launched batch");
@@ -100,15 +101,16 @@ pub async fn execute(run: &BatchRun, plan: Plan, ctx: &Context) -> Result<Action
             }
         })
         .buffer_unordered(IN_FLIGHT)
-        .collect::<Vec<_>>()
-        .await;
+        .collect::<Vec<_>>();
+    let (released, created) = futures::join!(released, created);
 
     for notice in &plan.notices {
         count(ctx, notice);
-        if let Some(event) = event_for(notice)
-            && let Err(e) = ctx.recorder.publish(&event, &run.object_ref(&())).await
-        {
-            tracing::warn!(error = %e, "could not publish an event");
+        if let Some(event) = event_for(notice) {
+            ctx.metrics.count_request("post", "events");
+            if let Err(e) = ctx.recorder.publish(&event, &run.object_ref(&())).await {
+                tracing::warn!(error = %e, "could not publish an event");
+            }
         }
     }
 
@@ -141,7 +143,7 @@ pub async fn release_finalizer(pods: &Api<Pod>, pod: &Pod, ctx: &Context) -> Res
         {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
     ]))
     .expect("a static JSON patch");
-    ctx.metrics.count_write("patch", "pods");
+    ctx.metrics.count_request("patch", "pods");
     match pods
         .patch(
             &pod.name_any(),

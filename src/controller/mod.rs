@@ -145,11 +145,7 @@ pub async fn run(
             let run = pod.labels().get(labels::RUN)?.clone();
             Some(ObjectRef::<BatchRun>::new(&run).within(&pod.namespace()?))
         })
-        .with_config(
-            ControllerConfig::default()
-                .debounce(Duration::from_millis(100))
-                .concurrency(16),
-        )
+        .with_config(ControllerConfig::default().concurrency(16))
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {

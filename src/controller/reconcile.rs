@@ -44,6 +44,7 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
     }
     // The controller's cache may not hold our last status write yet; planning from an old
     // ledger would relaunch finished batches, so the run is read fresh.
+    ctx.metrics.count_request("get", "batchruns");
     let run = api.get(&cached.name_any()).await?;
     let uid = run.uid().unwrap_or_default();
     let worker = run

@@ -187,7 +187,7 @@ impl Poller {
             ACTION_ANNOTATION: format!("{:?}", decision.action),
             PERCENT_ANNOTATION: decision.percent.to_string(),
         }}});
-        self.metrics.count_write("patch", "pods");
+        self.metrics.count_request("patch", "pods");
         if let Err(error) = pods
             .patch(&decision.pod, &PatchParams::default(), &Patch::Merge(&mark))
             .await
@@ -196,7 +196,7 @@ impl Poller {
             return;
         }
         if let Some(grace) = decision.grace_seconds {
-            self.metrics.count_write("delete", "pods");
+            self.metrics.count_request("delete", "pods");
             let params = DeleteParams {
                 grace_period_seconds: Some(grace.max(0) as u32),
                 ..Default::default()

@@ -75,8 +75,9 @@ impl ObservedAttempt {
     /// Still holding (or about to hold) a worker: counts against parallelism.
     pub fn is_alive(&self) -> bool {
         match &self.job {
-            // Until the Job itself is terminal: that is what `kubectl get jobs` shows as active.
-            Some(job) => !job.deleting && job.finished.is_none(),
+            // Until its worker ended (its memory is free then), even if the Job controller has
+            // not yet marked the Job finished: like the Job controller's own `active` count.
+            Some(job) => !job.deleting && job.finished.is_none() && !self.worker_ended(),
             None => self.pods.iter().any(|p| p.exit.is_none() && !p.deleting),
         }
     }

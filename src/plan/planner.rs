@@ -103,7 +103,15 @@ pub fn plan(observed: &Observed) -> Plan {
         };
         if ledger.awaits(&covered, attempt.range, attempt.attempt) {
             if let Outcome::Finished(result) = &outcome {
-                learn_memory(&mut ledger, observed.memory, attempt, result, limit_bytes);
+                let target = sizing_target(spec);
+                learn_memory(
+                    &mut ledger,
+                    observed.memory,
+                    attempt,
+                    result,
+                    limit_bytes,
+                    target,
+                );
             }
             let settled = settle(
                 &mut ledger,
@@ -357,6 +365,7 @@ fn learn_memory(
     attempt: &ObservedAttempt,
     result: &WorkerResult,
     limit_bytes: u64,
+    target: f64,
 ) {
     let done = result.done(attempt.range).len();
     let Some(peak) = memory
@@ -365,7 +374,9 @@ fn learn_memory(
     else {
         return;
     };
-    if done == 0 || peak <= 0.0 {
+    // Only batches that came near the threshold teach anything: memory that does not grow
+    // with the records (a runtime's baseline) must not shrink batches of a cool run.
+    if done == 0 || peak < target {
         return;
     }
     let per_record = (peak * limit_bytes as f64 / done as f64).ceil() as u64;
@@ -376,6 +387,11 @@ fn learn_memory(
     } else {
         (old * 7 + per_record * 3) / 10
     };
+}
+
+/// The fraction of the limit adaptive batches aim at.
+fn sizing_target(spec: &BatchRunSpec) -> f64 {
+    f64::from(spec.memory_guard.threshold) / 100.0 * SIZING_MARGIN
 }
 
 /// The batch size whose expected peak stays under the threshold with margin, never above

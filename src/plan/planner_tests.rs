@@ -525,6 +525,37 @@ fn later_batches_shrink_to_fit_the_memory_learned_from_finished_ones() {
 }
 
 #[test]
+fn batches_well_below_the_threshold_do_not_shrink_later_ones() {
+    let mut sim = Sim::new(spec(10_000, 1000, 1));
+    sim.reconcile();
+    sim.memory = Some(RunMemory {
+        pods: [(
+            "pod-0-1".to_string(),
+            PodMemory {
+                fraction: 0.4,
+                peak_fraction: 0.4,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    });
+    sim.succeed(0);
+    let plan = sim.reconcile();
+    let status = plan.status.unwrap();
+    assert_eq!(
+        (status.guard.bytes_per_record, status.guard.batch_size),
+        (0, 1000)
+    );
+    assert_eq!(
+        plan.launch,
+        vec![Launch {
+            range: RecordRange::new(1000, 2000),
+            attempt: 1
+        }]
+    );
+}
+
+#[test]
 fn adaptive_size_never_exceeds_the_configured_batch_size() {
     let spec = spec(100, 10, 1);
     assert_eq!(adaptive_batch_size(&spec, 1, 1 << 30), 10);

@@ -166,6 +166,10 @@ impl Operator {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no graceful shutdown, exactly like a crashed or evicted operator.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
