@@ -10,7 +10,7 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use batchguard::api::{BatchRun, Phase};
 use k8s_openapi::api::core::v1::Event;
@@ -42,31 +42,6 @@ spec:
   memoryGuard: {guard}
 "#
     ))
-}
-
-async fn finished(
-    api: &Api<BatchRun>,
-    name: &str,
-    operator: &Operator,
-    timeout: Duration,
-) -> BatchRun {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let run = api.get(name).await.unwrap();
-        if matches!(
-            run.status.as_ref().and_then(|s| s.phase),
-            Some(Phase::Succeeded | Phase::Failed)
-        ) {
-            return run;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} did not finish: {}\n{}",
-            serde_json::to_string_pretty(&run.status).unwrap(),
-            operator.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 async fn event_notes(client: &kube::Client, namespace: &str, reason: &str) -> Vec<String> {
@@ -113,7 +88,7 @@ async fn a_worker_near_its_limit_is_drained_and_its_rest_continues() {
     .await
     .unwrap();
 
-    let run = finished(&runs, "etl", &operator, Duration::from_secs(120)).await;
+    let run = wait_finished(&runs, "etl", Duration::from_secs(120), &operator).await;
     let status = run.status.clone().unwrap();
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
     assert_eq!(
@@ -176,7 +151,7 @@ async fn later_batches_shrink_after_a_memory_hungry_batch() {
     run.spec.parallelism = 1;
     runs.create(&PostParams::default(), &run).await.unwrap();
 
-    let run = finished(&runs, "hungry", &operator, Duration::from_secs(120)).await;
+    let run = wait_finished(&runs, "hungry", Duration::from_secs(120), &operator).await;
     let status = run.status.unwrap();
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
     assert_eq!(status.aggregate.records, 300);

@@ -59,29 +59,6 @@ async fn create(api: &Api<BatchRun>, run: &BatchRun) {
         .expect("BatchRun created");
 }
 
-async fn wait_finished(
-    api: &Api<BatchRun>,
-    name: &str,
-    timeout: Duration,
-    operator: &Operator,
-) -> BatchRun {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let run = api.get(name).await.expect("run readable");
-        if let Some(Phase::Succeeded | Phase::Failed) = run.status.as_ref().and_then(|s| s.phase) {
-            return run;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "run {name} did not finish in {timeout:?}; status: {}\noperator log:\n{}",
-                serde_json::to_string_pretty(&run.status).unwrap(),
-                operator.log_tail()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 /// Samples, from the API, how many of the namespace's batch Jobs and worker pods are alive.
 fn sample_alive(
     client: &Client,

@@ -262,3 +262,29 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Waits until the run is Succeeded or Failed; on timeout the panic shows its status and the
+/// operator's last log lines.
+pub async fn wait_finished(
+    api: &Api<BatchRun>,
+    name: &str,
+    timeout: Duration,
+    operator: &Operator,
+) -> BatchRun {
+    use batchguard::api::Phase;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let run = api.get(name).await.expect("run readable");
+        if let Some(Phase::Succeeded | Phase::Failed) = run.status.as_ref().and_then(|s| s.phase) {
+            return run;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "run {name} did not finish in {timeout:?}; status: {}\noperator log:\n{}",
+                serde_json::to_string_pretty(&run.status).unwrap(),
+                operator.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
