@@ -1,7 +1,5 @@
 //! Leader election on a Lease, so that two replicas never reconcile at once.
 
-use std::time::Duration;
-
 use kube::Client;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseParams};
 use tokio::sync::watch;
@@ -16,31 +14,32 @@ pub async fn acquire(
     namespace: &str,
     name: &str,
     identity: String,
-) -> kube_lease_manager::Result<watch::Receiver<bool>> {
+) -> anyhow::Result<watch::Receiver<bool>> {
     let manager = LeaseManagerBuilder::new(client, name)
         .with_namespace(namespace)
         .with_parameters(LeaseParams::new(identity, LEASE_SECONDS, 5))
         .build()
         .await?;
-    let (mut state, task) = manager.watch().await;
-    // The task runs for as long as the receiver lives.
-    std::mem::forget(task);
+    // The lease task renews the lease for as long as the receiver lives; dropping its handle
+    // detaches it without stopping it.
+    let (mut state, _renewing) = manager.watch().await;
     while !*state.borrow_and_update() {
         tracing::info!(lease = name, "waiting to become the leader");
         if state.changed().await.is_err() {
-            break;
+            anyhow::bail!(
+                "the lease manager of {name} stopped before this replica became the leader"
+            );
         }
     }
     tracing::info!(lease = name, "leading");
     Ok(state)
 }
 
-/// Resolves when leadership is lost.
+/// Resolves when leadership is lost (or the lease manager stops).
 pub async fn lost(mut state: watch::Receiver<bool>) {
-    loop {
-        if state.changed().await.is_err() || !*state.borrow() {
+    while state.changed().await.is_ok() {
+        if !*state.borrow() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
