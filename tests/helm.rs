@@ -1,0 +1,538 @@
+//! The Helm chart against the local cluster: it lints and renders for the server, its schema
+//! refuses typos, its RBAC is enough for a whole run and nothing more, upgrades and uninstalls
+//! cleanly; and BatchRuns read right to kstatus, to Argo CD's health check, and under GitOps
+//! re-applies.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use batchguard::api::{BatchRun, Phase};
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::Value;
+use support::*;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/batchguard");
+
+fn helm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("helm")
+        .args(args)
+        .output()
+        .expect("helm on PATH (tests/cluster/up puts it there)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn template(extra: &[&str]) -> String {
+    let mut args = vec![
+        "template",
+        "bg",
+        CHART,
+        "--namespace",
+        "batchguard-system",
+        "--kube-version",
+        "1.37.2",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = helm(&args);
+    assert!(ok, "helm template {extra:?} failed: {err}");
+    out
+}
+
+async fn namespace(client: &kube::Client, name: &str) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    let _ = api.create(&PostParams::default(), &ns).await;
+}
+
+#[tokio::test]
+async fn the_chart_lints_and_renders_for_the_server() {
+    let client = client().await;
+    install_crd(&client).await;
+    let (ok, out, err) = helm(&["lint", "--strict", CHART]);
+    assert!(ok, "helm lint --strict: {out}{err}");
+    for ns in ["batchguard-system", "team-a", "team-b"] {
+        namespace(&client, ns).await;
+    }
+    let all = format!("{CHART}/ci/all-features-values.yaml");
+    for rendered in [template(&[]), template(&["-f", &all])] {
+        let (ok, out, err) = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
+        assert!(ok, "the server refused the rendered chart: {err}\n{out}");
+        assert!(
+            out.contains("deployment.apps/bg-batchguard created (server dry run)"),
+            "{out}"
+        );
+    }
+    assert!(
+        !template(&["-f", &all]).contains("kind: ServiceMonitor"),
+        "no ServiceMonitor without its API"
+    );
+    let with_api = template(&[
+        "-f",
+        &all,
+        "--api-versions",
+        "monitoring.coreos.com/v1/ServiceMonitor",
+    ]);
+    assert!(with_api.contains("kind: ServiceMonitor"));
+    assert!(
+        with_api.contains("--leader-election"),
+        "two replicas elect a leader"
+    );
+    let default = template(&[]);
+    assert!(
+        default.contains("kind: ClusterRole"),
+        "all namespaces: cluster-wide RBAC"
+    );
+    assert!(
+        !default.contains("secrets") && !default.contains("\"*\""),
+        "no secrets, no wildcards"
+    );
+}
+
+#[test]
+fn the_schema_refuses_bad_values_with_clear_messages() {
+    let cases = [
+        ("replica=2", "additional properties 'replica' not allowed"),
+        (
+            "logFormat=yaml",
+            "at '/logFormat': value must be one of 'text', 'json'",
+        ),
+        (
+            "memoryGuard.metric=heap",
+            "at '/memoryGuard/metric': value must be one of",
+        ),
+        ("adminPort=70000", "at '/adminPort'"),
+        ("watchNamespaces={Team_A}", "at '/watchNamespaces/0'"),
+        (
+            "memoryGuard.prometheusUrl=prometheus:9090",
+            "at '/memoryGuard/prometheusUrl'",
+        ),
+        (
+            "serviceMonitor.enable=true",
+            "additional properties 'enable' not allowed",
+        ),
+    ];
+    for (set, expected) in cases {
+        let (ok, _, err) = helm(&[
+            "template",
+            "bg",
+            CHART,
+            "--kube-version",
+            "1.37.2",
+            "--set",
+            set,
+        ]);
+        assert!(!ok, "--set {set} was accepted");
+        assert!(
+            err.contains("values don't meet the specifications of the schema"),
+            "{set}: {err}"
+        );
+        assert!(
+            err.contains(expected),
+            "--set {set}: expected {expected:?} in {err}"
+        );
+    }
+}
+
+#[test]
+fn the_chart_ships_the_generated_crd() {
+    let chart = std::fs::read_to_string(format!("{CHART}/crds/batchrun.yaml")).unwrap();
+    let generated =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/batchrun.yaml"))
+            .unwrap();
+    assert!(
+        chart == generated,
+        "charts/batchguard/crds is stale: cp crds/batchrun.yaml charts/batchguard/crds/"
+    );
+}
+
+/// A kubeconfig for the chart's ServiceAccount: the admin kubeconfig's server and CA, a token.
+fn service_account_kubeconfig(token: &str, path: &Path) {
+    let admin: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(std::env::var("KUBECONFIG").unwrap()).unwrap(),
+    )
+    .unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "c", "cluster": {"server": cluster["server"].as_str().unwrap(),
+            "certificate-authority": cluster["certificate-authority"].as_str().unwrap()}}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}],
+    });
+    std::fs::write(path, serde_yaml::to_string(&config).unwrap()).unwrap();
+}
+
+fn small_run(name: &str, annotations: &str, extra: &str) -> BatchRun {
+    batch_run(&format!(
+        r#"
+apiVersion: batchguard.dev/v1alpha1
+kind: BatchRun
+metadata: {{name: {name}}}
+spec:
+  input: {{range: {{start: 0, end: 500}}, batchSize: 100}}
+  parallelism: 2
+  template:
+    metadata: {{annotations: {{{annotations}}}}}
+    spec: {{containers: [{{name: worker, image: registry.example/w:1}}]}}
+  resources: {{memory: {{request: 64Mi, limit: 128Mi}}}}
+{extra}
+"#
+    ))
+}
+
+#[tokio::test]
+async fn the_chart_rbac_runs_a_batch_run_and_nothing_more_and_uninstalls_cleanly() {
+    let client = client().await;
+    install_crd(&client).await;
+    let operator_ns = TestNamespace::new(&client, "helm-op").await;
+    let work = TestNamespace::new(&client, "helm-work").await;
+    let release = "bg";
+    let (ok, _, err) = helm(&[
+        "install",
+        release,
+        CHART,
+        "-n",
+        &operator_ns.name,
+        "--set",
+        &format!("watchNamespaces={{{}}}", work.name),
+        "--wait=false",
+    ]);
+    assert!(ok, "helm install: {err}");
+    let sa = format!("system:serviceaccount:{}:bg-batchguard", operator_ns.name);
+
+    // Run the operator out of cluster with exactly the chart's identity.
+    let (ok, token, err) = kubectl(
+        &[
+            "create",
+            "token",
+            "bg-batchguard",
+            "-n",
+            &operator_ns.name,
+            "--duration=1h",
+        ],
+        None,
+    );
+    assert!(ok, "token: {err}");
+    let kubeconfig =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.kubeconfig", operator_ns.name));
+    service_account_kubeconfig(token.trim(), &kubeconfig);
+    let operator =
+        Operator::start_with_env(&work.name, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
+    let runs: Api<BatchRun> = Api::namespaced(client.clone(), &work.name);
+    runs.create(
+        &PostParams::default(),
+        &small_run("rbac", r#"sim.batchguard.dev/duration: "1s""#, ""),
+    )
+    .await
+    .unwrap();
+    let run = wait_finished(&runs, "rbac", Duration::from_secs(120), &operator).await;
+    let status = run.status.unwrap();
+    assert_eq!(
+        status.phase,
+        Some(Phase::Succeeded),
+        "the chart's RBAC is enough: {status:?}\n{}",
+        operator.log_tail()
+    );
+    assert_eq!(status.aggregate.records, 500);
+    assert!(
+        !operator.log_tail().contains("forbidden"),
+        "no request was refused:\n{}",
+        operator.log_tail()
+    );
+
+    // ...and nothing more.
+    for (verb, resource) in [
+        ("get", "secrets"),
+        ("list", "secrets"),
+        ("delete", "nodes"),
+        ("create", "deployments"),
+    ] {
+        let (_, answer, _) = kubectl(
+            &[
+                "auth", "can-i", verb, resource, "-n", &work.name, "--as", &sa,
+            ],
+            None,
+        );
+        assert_eq!(answer.trim(), "no", "{verb} {resource} must be denied");
+    }
+    let (_, answer, _) = kubectl(
+        &[
+            "auth",
+            "can-i",
+            "create",
+            "jobs.batch",
+            "-n",
+            &work.name,
+            "--as",
+            &sa,
+        ],
+        None,
+    );
+    assert_eq!(answer.trim(), "yes");
+    let (_, answer, _) = kubectl(
+        &[
+            "auth",
+            "can-i",
+            "create",
+            "jobs.batch",
+            "-n",
+            "default",
+            "--as",
+            &sa,
+        ],
+        None,
+    );
+    assert_eq!(answer.trim(), "no", "only the watched namespace");
+    let (ok, _, err) = kubectl(
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "get",
+            "secrets",
+            "-n",
+            &work.name,
+        ],
+        None,
+    );
+    assert!(
+        !ok && err.contains("Forbidden"),
+        "reading a Secret with the operator's token: {err}"
+    );
+    drop(operator);
+
+    // Upgrade with changed values.
+    let (ok, _, err) = helm(&[
+        "upgrade",
+        release,
+        CHART,
+        "-n",
+        &operator_ns.name,
+        "--set",
+        &format!("watchNamespaces={{{}}}", work.name),
+        "--set",
+        "replicas=2",
+        "--set",
+        "logFormat=text",
+    ]);
+    assert!(ok, "helm upgrade: {err}");
+    let (_, deployment, _) = kubectl(
+        &[
+            "get",
+            "deployment",
+            "bg-batchguard",
+            "-n",
+            &operator_ns.name,
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let deployment: Value = serde_json::from_str(&deployment).unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--leader-election") && args.contains("--log-format=text"),
+        "{args}"
+    );
+    let (_, answer, _) = kubectl(
+        &[
+            "auth",
+            "can-i",
+            "patch",
+            "leases.coordination.k8s.io",
+            "-n",
+            &operator_ns.name,
+            "--as",
+            &sa,
+        ],
+        None,
+    );
+    assert_eq!(answer.trim(), "yes", "leader election may use its Lease");
+
+    // Uninstall leaves nothing of the release but the CRD.
+    let (ok, _, err) = helm(&["uninstall", release, "-n", &operator_ns.name, "--wait"]);
+    assert!(ok, "helm uninstall: {err}");
+    let selector = format!("app.kubernetes.io/instance={release}");
+    for ns in [&operator_ns.name, &work.name] {
+        let (_, left, _) = kubectl(
+            &[
+                "get",
+                "deployments,services,serviceaccounts,roles,rolebindings",
+                "-n",
+                ns,
+                "-l",
+                &selector,
+                "-o",
+                "name",
+            ],
+            None,
+        );
+        assert_eq!(left.trim(), "", "left in {ns}: {left}");
+    }
+    let (_, crd, _) = kubectl(
+        &["get", "crd", "batchruns.batchguard.dev", "-o", "name"],
+        None,
+    );
+    assert_eq!(
+        crd.trim(),
+        "customresourcedefinition.apiextensions.k8s.io/batchruns.batchguard.dev"
+    );
+}
+
+/// kstatus for custom resources: InProgress until the generation is observed or while
+/// Reconciling=True, Failed when Stalled=True, Current otherwise.
+fn kstatus(run: &Value) -> &'static str {
+    let generation = run["metadata"]["generation"].as_i64();
+    if run["status"]["observedGeneration"].as_i64() != generation {
+        return "InProgress";
+    }
+    let condition = |type_: &str| {
+        run["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == type_ && c["status"] == "True")
+    };
+    if condition("Reconciling") {
+        "InProgress"
+    } else if condition("Stalled") {
+        "Failed"
+    } else {
+        "Current"
+    }
+}
+
+/// A Lua table constructor for a JSON value.
+fn lua(value: &Value) -> String {
+    match value {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(items) => format!(
+            "{{{}}}",
+            items.iter().map(lua).collect::<Vec<_>>().join(",")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("[{k:?}]={}", lua(v)))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    }
+}
+
+fn argocd_health(run: &Value) -> String {
+    let script = format!(
+        "obj = {}\nlocal hs = dofile({:?})\nprint(hs.status)",
+        lua(run),
+        format!("{CHART}/argocd/health.lua")
+    );
+    let out = Command::new("lua5.4")
+        .args(["-e", &script])
+        .output()
+        .expect("lua5.4 on PATH (apt-get install lua5.4)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn kstatus_argocd_health_and_reapplies_read_the_run_right() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "gitops").await;
+    let operator = Operator::start(&ns.name);
+    let runs: Api<BatchRun> = Api::namespaced(client.clone(), &ns.name);
+    runs.create(
+        &PostParams::default(),
+        &small_run("long", r#"sim.batchguard.dev/duration: "5m""#, ""),
+    )
+    .await
+    .unwrap();
+    runs.create(
+        &PostParams::default(),
+        &small_run("quick", r#"sim.batchguard.dev/duration: "1s""#, ""),
+    )
+    .await
+    .unwrap();
+    let broken = r#"sim.batchguard.dev/fail-ranges: "0""#;
+    runs.create(
+        &PostParams::default(),
+        &small_run("broken", broken, "  retry: {maxAttempts: 1}"),
+    )
+    .await
+    .unwrap();
+    wait_finished(&runs, "quick", Duration::from_secs(90), &operator).await;
+    wait_finished(&runs, "broken", Duration::from_secs(90), &operator).await;
+    wait_for(
+        "the long run to be Running",
+        Duration::from_secs(30),
+        || async {
+            (runs.get("long").await.ok()?.status?.phase == Some(Phase::Running)).then_some(())
+        },
+    )
+    .await;
+    let json = |name: &str| {
+        let (ok, out, err) = kubectl(
+            &["get", "batchrun", name, "-n", &ns.name, "-o", "json"],
+            None,
+        );
+        assert!(ok, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    for (name, expected_kstatus, expected_health) in [
+        ("long", "InProgress", "Progressing"),
+        ("quick", "Current", "Healthy"),
+        ("broken", "Failed", "Degraded"),
+    ] {
+        let run = json(name);
+        assert_eq!(kstatus(&run), expected_kstatus, "{name}: {}", run["status"]);
+        assert_eq!(argocd_health(&run), expected_health, "{name}");
+    }
+
+    // GitOps: applying the same manifest again changes nothing, client- or server-side.
+    let manifest = serde_yaml::to_string(&small_run(
+        "quick",
+        r#"sim.batchguard.dev/duration: "1s""#,
+        "",
+    ))
+    .unwrap();
+    let before = json("quick");
+    for args in [
+        vec!["apply", "-n", &ns.name, "-f", "-"],
+        vec![
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-n",
+            &ns.name,
+            "-f",
+            "-",
+        ],
+    ] {
+        for _ in 0..2 {
+            let (ok, _, err) = kubectl(&args, Some(&manifest));
+            assert!(ok, "{err}");
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = json("quick");
+    assert_eq!(
+        after["metadata"]["generation"], before["metadata"]["generation"],
+        "no spec drift"
+    );
+    assert_eq!(after["status"], before["status"], "no status churn");
+    assert_eq!(after["spec"], before["spec"]);
+}
