@@ -72,11 +72,12 @@ async fn event_count(client: &kube::Client, namespace: &str, reason: &str) -> i3
 
 #[tokio::test]
 async fn a_worker_near_its_limit_is_drained_and_its_rest_continues() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, "drain").await;
-    let operator = Operator::start(&ns.name);
-    let runs: Api<BatchRun> = Api::namespaced(client.clone(), &ns.name);
+    let Setup {
+        client,
+        ns,
+        operator,
+        runs,
+    } = Setup::new("drain").await;
     // First attempts grow 20Mi/s and cross 85% of 128Mi after about 5.5s; they checkpoint 50
     // records when drained. Continuations stay at 50Mi and finish.
     let annotations = r#"sim.batchguard.dev/duration: "12s", sim.batchguard.dev/memory-growth: "20Mi", sim.batchguard.dev/memory-attempts: "1", sim.batchguard.dev/resume-after: "50""#;
@@ -132,11 +133,12 @@ async fn a_worker_near_its_limit_is_drained_and_its_rest_continues() {
 
 #[tokio::test]
 async fn later_batches_shrink_after_a_memory_hungry_batch() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, "adaptive").await;
-    let operator = Operator::start(&ns.name);
-    let runs: Api<BatchRun> = Api::namespaced(client.clone(), &ns.name);
+    let Setup {
+        client: _,
+        ns: _ns,
+        operator,
+        runs,
+    } = Setup::new("adaptive").await;
     // 1Mi per record: 100 records take 100Mi of the 128Mi limit, under the threshold but too
     // close for comfort.
     let annotations =

@@ -450,11 +450,12 @@ fn argocd_health(run: &Value) -> String {
 
 #[tokio::test]
 async fn kstatus_argocd_health_and_reapplies_read_the_run_right() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, "gitops").await;
-    let operator = Operator::start(&ns.name);
-    let runs: Api<BatchRun> = Api::namespaced(client.clone(), &ns.name);
+    let Setup {
+        client: _,
+        ns,
+        operator,
+        runs,
+    } = Setup::new("gitops").await;
     runs.create(
         &PostParams::default(),
         &small_run("long", r#"sim.batchguard.dev/duration: "5m""#, ""),

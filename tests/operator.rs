@@ -166,11 +166,12 @@ fn condition<'a>(
 
 #[tokio::test]
 async fn twenty_batches_complete_with_the_exact_aggregate_within_the_parallelism_cap() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, "twenty").await;
-    let operator = Operator::start(&ns.name);
-    let runs: Api<BatchRun> = Api::namespaced(client.clone(), &ns.name);
+    let Setup {
+        client,
+        ns,
+        operator,
+        runs,
+    } = Setup::new("twenty").await;
     let (peak, sampler) = sample_alive(&client, &ns.name);
 
     let started = Instant::now();
@@ -238,11 +239,12 @@ async fn twenty_batches_complete_with_the_exact_aggregate_within_the_parallelism
 
 #[tokio::test]
 async fn failed_batches_are_retried_and_reported_past_max_attempts() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, "retry").await;
-    let operator = Operator::start(&ns.name);
-    let runs: Api<BatchRun> = Api::namespaced(client.clone(), &ns.name);
+    let Setup {
+        client,
+        ns,
+        operator,
+        runs,
+    } = Setup::new("retry").await;
     let retry = "  retry: {maxAttempts: 2, backoff: {baseSeconds: 1, maxSeconds: 2}}";
 
     // Records 100-199 fail once, then succeed.
@@ -304,11 +306,12 @@ async fn failed_batches_are_retried_and_reported_past_max_attempts() {
 
 #[tokio::test]
 async fn an_oom_killed_batch_is_retried_in_halves() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, "oom").await;
-    let operator = Operator::start(&ns.name);
-    let runs: Api<BatchRun> = Api::namespaced(client.clone(), &ns.name);
+    let Setup {
+        client: _,
+        ns: _ns,
+        operator,
+        runs,
+    } = Setup::new("oom").await;
     let oom = r#"sim.batchguard.dev/fail-ranges: "0", sim.batchguard.dev/fail-attempts: "1", sim.batchguard.dev/reason: OOMKilled, sim.batchguard.dev/exit-code: "137""#;
     create(&runs, &manifest("oom", 300, 100, 2, oom, "")).await;
     let run = wait_finished(&runs, "oom", Duration::from_secs(120), &operator).await;
@@ -325,11 +328,12 @@ async fn an_oom_killed_batch_is_retried_in_halves() {
 
 #[tokio::test]
 async fn sigkilled_operator_ends_with_the_exact_aggregate_and_one_job_per_attempt() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, "crash").await;
-    let mut operator = Operator::start(&ns.name);
-    let runs: Api<BatchRun> = Api::namespaced(client.clone(), &ns.name);
+    let Setup {
+        client,
+        ns,
+        mut operator,
+        runs,
+    } = Setup::new("crash").await;
     let (jobs_seen, recorder) = record_jobs(&client, &ns.name);
 
     create(
@@ -382,11 +386,12 @@ async fn sigkilled_operator_ends_with_the_exact_aggregate_and_one_job_per_attemp
 
 #[tokio::test]
 async fn suspend_holds_new_batches_and_deletion_releases_workers() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, "suspend").await;
-    let operator = Operator::start(&ns.name);
-    let runs: Api<BatchRun> = Api::namespaced(client.clone(), &ns.name);
+    let Setup {
+        client,
+        ns,
+        operator,
+        runs,
+    } = Setup::new("suspend").await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
 

@@ -288,3 +288,29 @@ pub async fn wait_finished(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// What most operator tests start from: the CRD installed, a namespace of their own and the
+/// operator watching it. Fields drop in reverse order, so the operator stops before the
+/// namespace goes.
+pub struct Setup {
+    pub client: Client,
+    pub ns: TestNamespace,
+    pub operator: Operator,
+    pub runs: Api<BatchRun>,
+}
+
+impl Setup {
+    pub async fn new(prefix: &str) -> Self {
+        let client = client().await;
+        install_crd(&client).await;
+        let ns = TestNamespace::new(&client, prefix).await;
+        let operator = Operator::start(&ns.name);
+        let runs = Api::namespaced(client.clone(), &ns.name);
+        Self {
+            client,
+            ns,
+            operator,
+            runs,
+        }
+    }
+}
