@@ -26,6 +26,21 @@ pub struct RunLabels {
     pub run: String,
 }
 
+/// A queue's figures, as its status shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct QueueUsage {
+    pub admitted_bytes: u64,
+    pub admitted_batches: u64,
+    pub waiting_batches: u64,
+    pub budget_bytes: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub namespace: String,
+    pub queue: String,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -39,6 +54,10 @@ pub struct Metrics {
     pub guard_query_failures: Counter,
     pub guard_query_duration: Histogram,
     pub guard_actions: Family<ResultLabels, Counter>,
+    pub queue_admitted_bytes: Family<QueueLabels, Gauge>,
+    pub queue_admitted_batches: Family<QueueLabels, Gauge>,
+    pub queue_waiting_batches: Family<QueueLabels, Gauge>,
+    pub queue_budget_bytes: Family<QueueLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -100,6 +119,30 @@ impl Default for Metrics {
             "Guard actions by kind",
             guard_actions.clone(),
         );
+        let queue_admitted_bytes = Family::<QueueLabels, Gauge>::default();
+        let queue_admitted_batches = Family::<QueueLabels, Gauge>::default();
+        let queue_waiting_batches = Family::<QueueLabels, Gauge>::default();
+        let queue_budget_bytes = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "queue_admitted_bytes",
+            "Memory limits of the workers a BatchQueue has admitted",
+            queue_admitted_bytes.clone(),
+        );
+        registry.register(
+            "queue_admitted_batches",
+            "Batch Jobs a BatchQueue has admitted",
+            queue_admitted_batches.clone(),
+        );
+        registry.register(
+            "queue_waiting_batches",
+            "Batches that wait for room in a BatchQueue",
+            queue_waiting_batches.clone(),
+        );
+        registry.register(
+            "queue_budget_bytes",
+            "A BatchQueue's memory budget",
+            queue_budget_bytes.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -112,6 +155,10 @@ impl Default for Metrics {
             guard_query_failures,
             guard_query_duration,
             guard_actions,
+            queue_admitted_bytes,
+            queue_admitted_batches,
+            queue_waiting_batches,
+            queue_budget_bytes,
         }
     }
 }
@@ -171,6 +218,37 @@ impl Metrics {
             namespace: namespace.into(),
             run: run.into(),
         });
+    }
+
+    pub fn set_queue(&self, namespace: &str, queue: &str, usage: QueueUsage) {
+        let labels = QueueLabels {
+            namespace: namespace.into(),
+            queue: queue.into(),
+        };
+        let set = |family: &Family<QueueLabels, Gauge>, value: u64| {
+            family
+                .get_or_create(&labels)
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        };
+        set(&self.queue_admitted_bytes, usage.admitted_bytes);
+        set(&self.queue_admitted_batches, usage.admitted_batches);
+        set(&self.queue_waiting_batches, usage.waiting_batches);
+        set(&self.queue_budget_bytes, usage.budget_bytes);
+    }
+
+    pub fn forget_queue(&self, namespace: &str, queue: &str) {
+        let labels = QueueLabels {
+            namespace: namespace.into(),
+            queue: queue.into(),
+        };
+        for family in [
+            &self.queue_admitted_bytes,
+            &self.queue_admitted_batches,
+            &self.queue_waiting_batches,
+            &self.queue_budget_bytes,
+        ] {
+            family.remove(&labels);
+        }
     }
 
     /// The text exposition format.

@@ -1,15 +1,20 @@
-//! crds/ holds exactly what the Rust types generate (run `cargo run --bin crdgen > crds/batchrun.yaml`).
+//! crds/ holds exactly what the Rust types generate:
+//! `cargo run --bin crdgen > crds/batchrun.yaml`, `cargo run --bin crdgen batchqueue > crds/batchqueue.yaml`.
 
 #[test]
 fn crds_directory_matches_the_rust_types() {
-    let generated = batchguard::api::crd_yaml().unwrap();
-    let committed =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/batchrun.yaml"))
-            .unwrap();
-    assert!(
-        generated == committed,
-        "crds/batchrun.yaml is stale: run `cargo run --bin crdgen > crds/batchrun.yaml`"
-    );
+    let cases = [
+        ("batchrun", batchguard::api::crd_yaml().unwrap()),
+        ("batchqueue", batchguard::api::queue_crd_yaml().unwrap()),
+    ];
+    for (kind, generated) in cases {
+        let path = format!("{}/crds/{kind}.yaml", env!("CARGO_MANIFEST_DIR"));
+        let committed = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            generated == committed,
+            "crds/{kind}.yaml is stale: run `cargo run --bin crdgen {kind} > crds/{kind}.yaml`"
+        );
+    }
 }
 
 #[test]

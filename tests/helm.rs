@@ -141,15 +141,16 @@ fn the_schema_refuses_bad_values_with_clear_messages() {
 }
 
 #[test]
-fn the_chart_ships_the_generated_crd() {
-    let chart = std::fs::read_to_string(format!("{CHART}/crds/batchrun.yaml")).unwrap();
-    let generated =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/batchrun.yaml"))
-            .unwrap();
-    assert!(
-        chart == generated,
-        "charts/batchguard/crds is stale: cp crds/batchrun.yaml charts/batchguard/crds/"
-    );
+fn the_chart_ships_the_generated_crds() {
+    for file in ["batchrun.yaml", "batchqueue.yaml"] {
+        let chart = std::fs::read_to_string(format!("{CHART}/crds/{file}")).unwrap();
+        let generated =
+            std::fs::read_to_string(format!("{}/crds/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        assert!(
+            chart == generated,
+            "charts/batchguard/crds is stale: cp crds/{file} charts/batchguard/crds/"
+        );
+    }
 }
 
 /// A kubeconfig for the chart's ServiceAccount: the admin kubeconfig's server and CA, a token.

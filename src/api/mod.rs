@@ -1,11 +1,13 @@
-//! The BatchRun API (`batchguard.dev/v1alpha1`): spec, status and the CRD schema. No I/O here.
+//! The BatchRun and BatchQueue API (`batchguard.dev/v1alpha1`): spec, status and the CRD schema. No I/O here.
 
 mod quantity;
+mod queue;
 mod schema;
 mod spec;
 mod status;
 
 pub use quantity::*;
+pub use queue::*;
 pub use spec::*;
 pub use status::*;
 
@@ -16,4 +18,10 @@ pub const GROUP: &str = "batchguard.dev";
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
     serde_yaml::to_string(&BatchRun::crd())
+}
+
+/// The BatchQueue CRD as YAML, as `crdgen batchqueue` writes it to crds/.
+pub fn queue_crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&BatchQueue::crd())
 }

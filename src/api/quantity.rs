@@ -42,6 +42,17 @@ pub fn memory_bytes(quantity: &str) -> Result<u64, BadQuantity> {
     Ok(bytes as u64)
 }
 
+/// Bytes as the largest binary quantity that states them exactly (`1536Mi`, `2Gi`, `100`).
+pub fn bytes_quantity(bytes: u64) -> String {
+    ["Ei", "Pi", "Ti", "Gi", "Mi", "Ki"]
+        .iter()
+        .zip((1..=6).rev())
+        .map(|(suffix, power)| (suffix, 1u64 << (10 * power)))
+        .find(|(_, unit)| bytes > 0 && bytes % unit == 0)
+        .map(|(suffix, unit)| format!("{}{suffix}", bytes / unit))
+        .unwrap_or_else(|| bytes.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +65,13 @@ mod tests {
         assert_eq!(memory_bytes("1e9"), Ok(1_000_000_000));
         assert_eq!(memory_bytes("128974848"), Ok(128_974_848));
         assert_eq!(memory_bytes("1500m"), Ok(2));
+    }
+
+    #[test]
+    fn bytes_print_as_exact_quantities() {
+        for text in ["1536Mi", "2Gi", "100", "0", "3Ki"] {
+            assert_eq!(bytes_quantity(memory_bytes(text).unwrap()), text);
+        }
     }
 
     #[test]

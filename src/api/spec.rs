@@ -26,12 +26,15 @@ use super::BatchRunStatus;
     printcolumn(json_path = ".status.progress", name = "Progress", type_ = "string"),
     printcolumn(json_path = ".status.batches.running", name = "Running", type_ = "integer"),
     printcolumn(json_path = ".status.guard.drains", name = "Drains", type_ = "integer"),
+    printcolumn(json_path = ".spec.queue", name = "Queue", type_ = "string", priority = 1),
     printcolumn(json_path = ".metadata.creationTimestamp", name = "Age", type_ = "date"),
     validation = Rule::new("size(self.metadata.name) <= 63").message("metadata.name must be at most 63 characters: it labels the run's Jobs and pods")
 )]
 #[x_kube(validation = Rule::new("has(self.template.spec) && size(self.template.spec.containers) >= 1")
     .message("spec.template.spec.containers must hold at least one container")
     .field_path(".template"))]
+#[x_kube(validation = Rule::new("!has(self.queue) || !has(self.kueue)")
+    .message("spec.queue and spec.kueue exclude each other: one source of quota per run"))]
 #[serde(rename_all = "camelCase")]
 pub struct BatchRunSpec {
     /// The records to process and how many go to one worker.
@@ -65,6 +68,32 @@ pub struct BatchRunSpec {
     /// When true no new batch starts; batches already running finish and are counted.
     #[serde(default)]
     pub suspend: bool,
+
+    /// The BatchQueue (same namespace) whose memory budget and batch cap this run shares.
+    /// Without one the run is bounded by its own parallelism alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub queue: Option<String>,
+
+    /// Hand the batch Jobs to Kueue instead: they are created suspended with Kueue's
+    /// queue-name label, and Kueue admits them against its quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kueue: Option<KueueHandOff>,
+}
+
+/// Admission by Kueue.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KueueHandOff {
+    /// The Kueue LocalQueue (in the run's namespace) the batch Jobs are submitted to.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub queue_name: String,
 }
 
 fn default_parallelism() -> u32 {

@@ -15,16 +15,25 @@ use serde_json::json;
 use super::events::event_for;
 use super::job::build_job;
 use super::labels::RESULT_FINALIZER;
+use super::queue_usage::pod_memory_bytes;
+use super::queues::QueueEntry;
 use super::{Context, Error};
 use crate::api::BatchRun;
-use crate::plan::{Notice, Plan, Settled};
+use crate::plan::{Holding, Notice, Plan, Settled};
 
 /// Requests sent at once when many batches launch or finish together.
 const IN_FLIGHT: usize = 8;
 /// Look at a running run at least this often, whatever the watches say.
 const RESYNC: Duration = Duration::from_secs(300);
 
-pub async fn execute(run: &BatchRun, plan: Plan, ctx: &Context) -> Result<Action, Error> {
+/// `queue`, for a queued run, learns of each Job before it is created, so the queue's next
+/// admission counts it even before the cache shows it.
+pub async fn execute(
+    run: &BatchRun,
+    plan: Plan,
+    ctx: &Context,
+    queue: Option<&QueueEntry>,
+) -> Result<Action, Error> {
     let name = run.name_any();
     let namespace = run.namespace().ok_or(Error::NoNamespace)?;
     let runs: Api<BatchRun> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -88,6 +97,17 @@ pub async fn execute(run: &BatchRun, plan: Plan, ctx: &Context) -> Result<Action
                         return Ok(());
                     }
                 };
+                let job_name = job.name_any();
+                if let Some(queue) = queue {
+                    let bytes = job
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.template.spec.as_ref())
+                        .map(pod_memory_bytes)
+                        .unwrap_or(0);
+                    let run = run.uid().unwrap_or_default();
+                    queue.expect(&job_name, Holding { run, bytes });
+                }
                 ctx.metrics.count_request("create", "jobs");
                 match jobs.create(&PostParams::default(), &job).await {
                     Ok(_) => {
@@ -96,7 +116,12 @@ pub async fn execute(run: &BatchRun, plan: Plan, ctx: &Context) -> Result<Action
                     }
                     // Same name, same batch attempt: it was launched already.
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-                    Err(e) => Err(Error::from(e)),
+                    Err(e) => {
+                        if let Some(queue) = queue {
+                            queue.unexpect(&job_name);
+                        }
+                        Err(Error::from(e))
+                    }
                 }
             }
         })

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
-use super::labels::{RESULT_FINALIZER, batch_labels, job_name};
+use super::labels::{KUEUE_QUEUE, QUEUE, RESULT_FINALIZER, batch_labels, job_name};
 use crate::api::{BatchRun, memory_bytes};
 use crate::plan::Launch;
 use crate::worker::env;
@@ -48,7 +48,10 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
     let name = run.name_any();
     let uid = run.uid().ok_or(JobError::NoUid)?;
     let spec = &run.spec;
-    let labels = batch_labels(&name, &uid, launch.range, launch.attempt);
+    let mut labels = batch_labels(&name, &uid, launch.range, launch.attempt);
+    if let Some(queue) = &spec.queue {
+        labels.insert(QUEUE.into(), queue.clone());
+    }
     let limit_bytes = memory_bytes(&spec.resources.memory.limit).map_err(JobError::Limit)?;
 
     let mut template = spec.template.clone();
@@ -113,11 +116,17 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
         ..Default::default()
     }));
 
+    // Kueue admits a suspended Job carrying its queue label by unsuspending it.
+    let kueue = spec.kueue.as_ref().map(|k| k.queue_name.clone());
+    let mut job_labels = labels;
+    if let Some(queue) = &kueue {
+        job_labels.insert(KUEUE_QUEUE.into(), queue.clone());
+    }
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(job_name(&name, &uid, launch.range, launch.attempt)),
             namespace: run.namespace(),
-            labels: Some(labels),
+            labels: Some(job_labels),
             owner_references: run.controller_owner_ref(&()).map(|r| vec![r]),
             ..Default::default()
         },
@@ -127,6 +136,7 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
             parallelism: Some(1),
             pod_replacement_policy: Some("Failed".into()),
             ttl_seconds_after_finished: Some(spec.retention.succeeded_seconds),
+            suspend: kueue.is_some().then_some(true),
             template,
             ..Default::default()
         }),
@@ -199,6 +209,8 @@ mod tests {
                 retry: Default::default(),
                 retention: Default::default(),
                 suspend: false,
+                queue: None,
+                kueue: None,
             },
         );
         run.metadata.namespace = Some("ns".into());
@@ -277,6 +289,31 @@ mod tests {
             job.metadata.name,
             Some(job_name("payroll", "uid-1", RecordRange::new(10, 20), 2))
         );
+    }
+
+    #[test]
+    fn queued_runs_label_jobs_and_pods_with_their_queue() {
+        let mut run = run(None);
+        run.spec.queue = Some("month-end".into());
+        let job = build_job(&run, &launch()).unwrap();
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!(job.labels()[QUEUE], "month-end");
+        let pod_labels = spec.template.metadata.as_ref().unwrap().labels.as_ref();
+        assert_eq!(pod_labels.unwrap()[QUEUE], "month-end");
+        assert_eq!(spec.suspend, None, "batchguard admits it: created running");
+        assert!(!job.labels().contains_key(KUEUE_QUEUE));
+    }
+
+    #[test]
+    fn kueue_hand_off_creates_suspended_labelled_jobs() {
+        let mut run = run(None);
+        run.spec.kueue = Some(crate::api::KueueHandOff {
+            queue_name: "team-a".into(),
+        });
+        let job = build_job(&run, &launch()).unwrap();
+        assert_eq!(job.spec.as_ref().unwrap().suspend, Some(true));
+        assert_eq!(job.labels()[KUEUE_QUEUE], "team-a");
+        assert!(!job.labels().contains_key(QUEUE));
     }
 
     #[test]

@@ -9,6 +9,12 @@ pub const RUN_UID: &str = "batchguard.dev/run-uid";
 pub const RANGE_START: &str = "batchguard.dev/range-start";
 pub const RANGE_END: &str = "batchguard.dev/range-end";
 pub const ATTEMPT: &str = "batchguard.dev/attempt";
+/// On batch Jobs and pods of a queued run: the BatchQueue whose budget they use.
+pub const QUEUE: &str = "batchguard.dev/queue";
+/// Kueue's label naming the LocalQueue a Job is submitted to.
+pub const KUEUE_QUEUE: &str = "kueue.x-k8s.io/queue-name";
+/// Set by the Job controller on a Job's pods.
+pub const JOB_NAME: &str = "batch.kubernetes.io/job-name";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGER: &str = "batchguard";
 

@@ -6,6 +6,9 @@ mod executor;
 pub mod job;
 pub mod labels;
 pub mod observe;
+mod queue_status;
+pub mod queue_usage;
+mod queues;
 mod reconcile;
 
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::BatchRun;
+use crate::api::{BatchQueue, BatchRun};
 use crate::guard::poller::Poller;
 use crate::guard::prometheus::Prometheus;
 use crate::guard::promql::MemoryMetric;
@@ -52,6 +55,10 @@ pub struct Context {
     pub caches_ready: AtomicBool,
     /// What the memory guard sees; `None` when it is off.
     pub guard: Option<GuardView>,
+    pub queue_store: Store<BatchQueue>,
+    /// The controller's cache of runs: which runs share a queue.
+    pub runs: Store<BatchRun>,
+    pub queues: queues::Queues,
 }
 
 /// How the memory guard runs, when it does.
@@ -69,18 +76,32 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     guard: Option<GuardSettings>,
 ) {
-    let (runs, jobs_api, pods_api) = match &namespace {
+    let (runs, queues_api, jobs_api, pods_api) = match &namespace {
         Some(ns) => (
             Api::<BatchRun>::namespaced(client.clone(), ns),
+            Api::<BatchQueue>::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
         ),
         None => (
             Api::<BatchRun>::all(client.clone()),
+            Api::<BatchQueue>::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
         ),
     };
+    // Runs look their queue up in a cache of their own: a store that a Controller waits on
+    // must not be waited on elsewhere (its readiness wakes a single waiter).
+    let (queue_store, queue_writer) = reflector::store::<BatchQueue>();
+    let queue_stream = watcher(queues_api.clone(), watcher::Config::default())
+        .default_backoff()
+        .reflect(queue_writer)
+        .touched_objects();
+    let queue_controller = Controller::new(queues_api, watcher::Config::default());
+    tracing::info!(
+        namespace = namespace.as_deref().unwrap_or("(all)"),
+        "starting the controllers"
+    );
     let managed = watcher::Config::default().labels(&labels::managed_selector());
     let (jobs, job_writer) = reflector::store::<Job>();
     let (pods, pod_writer) = reflector::store::<Pod>();
@@ -99,6 +120,8 @@ pub async fn run(
         controller: "batchguard".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let controller = Controller::new(runs, watcher::Config::default());
+    let run_store = controller.store();
     let view = guard.as_ref().map(|_| GuardView::default());
     let recorder = Recorder::new(client.clone(), reporter);
     let context = Arc::new(Context {
@@ -109,19 +132,25 @@ pub async fn run(
         pods: pods.clone(),
         caches_ready: AtomicBool::new(false),
         guard: view.clone(),
+        queue_store: queue_store.clone(),
+        runs: run_store.clone(),
+        queues: Default::default(),
     });
     let pod_store = pods.clone();
     let watcher_ready = context.clone();
     tokio::spawn(async move {
-        let (a, b) = futures::join!(jobs.wait_until_ready(), pods.wait_until_ready());
-        if a.is_ok() && b.is_ok() {
+        let (a, b, c) = futures::join!(
+            jobs.wait_until_ready(),
+            pods.wait_until_ready(),
+            queue_store.wait_until_ready()
+        );
+        if a.is_ok() && b.is_ok() && c.is_ok() {
             watcher_ready.caches_ready.store(true, Ordering::Relaxed);
             ready.store(true, Ordering::Relaxed);
             tracing::info!("job and pod caches synced");
         }
     });
 
-    let controller = Controller::new(runs, watcher::Config::default());
     let (trigger, triggered) = futures::channel::mpsc::unbounded();
     if let (Some(settings), Some(view)) = (guard, view) {
         let poller = Poller {
@@ -129,7 +158,7 @@ pub async fn run(
             prometheus: settings.prometheus,
             metric: settings.metric,
             interval: settings.interval,
-            runs: controller.store(),
+            runs: run_store.clone(),
             pods: pod_store,
             view,
             metrics,
@@ -138,9 +167,26 @@ pub async fn run(
         };
         tokio::spawn(poller.run());
     }
-    controller
+    let queue_context = context.clone();
+    let queues = queue_controller
+        .shutdown_on_signal()
+        .run(queue_status::reconcile, queue_error_policy, queue_context)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "queue status not written");
+            }
+        });
+    let runs = controller
         .owns_stream(job_stream)
         .reconcile_on(triggered)
+        // A changed queue (a budget raised) looks at its runs at once.
+        .watches_stream(queue_stream, move |queue: BatchQueue| {
+            let namespace = queue.namespace().unwrap_or_default();
+            queues::members(&run_store, &namespace, &queue.name_any())
+                .iter()
+                .map(|r| ObjectRef::from_obj(r.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .watches_stream(pod_stream, |pod: Pod| {
             let run = pod.labels().get(labels::RUN)?.clone();
             Some(ObjectRef::<BatchRun>::new(&run).within(&pod.namespace()?))
@@ -152,8 +198,13 @@ pub async fn run(
             if let Err(err) = result {
                 tracing::debug!(error = %err, "reconcile did not complete");
             }
-        })
-        .await;
+        });
+    futures::join!(runs, queues);
+}
+
+fn queue_error_policy(queue: Arc<BatchQueue>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(queue = %queue.name_any(), %error, "queue status not written, retrying");
+    Action::requeue(Duration::from_secs(5))
 }
 
 fn error_policy(run: Arc<BatchRun>, error: &Error, _ctx: Arc<Context>) -> Action {

@@ -9,15 +9,20 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use tracing::{Instrument, info_span};
 
 use super::executor::{execute, release_finalizer};
 use super::job::{build_job, worker_index};
 use super::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER, RUN_UID};
+use super::queue_usage::pod_memory_bytes;
+use super::queues::{QueueEntry, budget_of, created, members};
 use super::{Context, Error, observe};
 use crate::api::BatchRun;
-use crate::plan::{Launch, Observed, fresh_batches, plan, plan_invalid, universe};
+use crate::plan::{
+    Demand, Launch, Observed, Seat, fresh_batches, plan, plan_invalid, seat_of, share, universe,
+};
 
 pub async fn reconcile(run: Arc<BatchRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -47,6 +52,7 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
     ctx.metrics.count_request("get", "batchruns");
     let run = api.get(&cached.name_any()).await?;
     let uid = run.uid().unwrap_or_default();
+    let namespace = run.namespace().ok_or(Error::NoNamespace)?;
     let worker = run
         .spec
         .template
@@ -72,7 +78,7 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
         .guard
         .as_ref()
         .map(|view| view.get(&uid).unwrap_or_default());
-    let observed = Observed {
+    let mut observed = Observed {
         run_name: &run.name_any(),
         run_uid: &uid,
         generation: run.metadata.generation.unwrap_or_default(),
@@ -81,22 +87,99 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
         attempts: &attempts,
         now: jiff::Timestamp::now(),
         memory: memory.as_ref(),
+        seat: None,
     };
-    let plan = match check_spec(&run) {
-        Ok(()) => plan(&observed),
-        Err(message) => plan_invalid(&observed, message),
+    let bytes_each = match check_spec(&run) {
+        Ok(bytes_each) => bytes_each,
+        Err(message) => return execute(&run, plan_invalid(&observed, message), ctx, None).await,
     };
+    let Some(queue) = &run.spec.queue else {
+        return execute(&run, plan(&observed), ctx, None).await;
+    };
+    // One run of a queue at a time decides and creates its Jobs: the next one must see them.
+    let entry = ctx.queues.entry(&namespace, queue);
+    let _turn = entry.turn.lock().await;
+    let wanted = plan(&observed).launch.len();
+    observed.seat = Some(seat(&run, queue, wanted, bytes_each, &entry, ctx));
+    let plan = plan(&observed);
     tracing::debug!(
         launches = plan.launch.len(),
+        wanted,
         releases = plan.release.len(),
         status_write = plan.status.is_some(),
         "planned"
     );
-    execute(&run, plan, ctx).await
+    execute(&run, plan, ctx, Some(&entry)).await
 }
 
-/// What the schema cannot say about a spec: can a Job be built from it at all.
-fn check_spec(run: &BatchRun) -> Result<(), String> {
+/// The run's share of its queue now, from what the queue's workers hold and what its other
+/// runs wait for; records what this run still waits for, for their next round.
+fn seat(
+    run: &BatchRun,
+    queue_name: &str,
+    wanted: usize,
+    bytes_each: u64,
+    entry: &QueueEntry,
+    ctx: &Context,
+) -> Seat {
+    let namespace = run.namespace().unwrap_or_default();
+    let refuse = |reason: &str, message: String| Seat {
+        queue: queue_name.to_string(),
+        granted: 0,
+        waiting: Some((reason.to_string(), message)),
+    };
+    let Some(queue) = ctx
+        .queue_store
+        .get(&ObjectRef::new(queue_name).within(&namespace))
+    else {
+        return refuse(
+            "QueueNotFound",
+            format!(
+                "BatchQueue {queue_name} does not exist in namespace {namespace}: no batch starts until it does"
+            ),
+        );
+    };
+    let budget = match budget_of(&queue) {
+        Ok(budget) => budget,
+        Err(message) => {
+            return refuse(
+                "InvalidQueue",
+                format!("BatchQueue {queue_name}: {message}"),
+            );
+        }
+    };
+    let uid = run.uid().unwrap_or_default();
+    let demand = Demand {
+        last_served: entry.last_served(&uid),
+        run: uid,
+        name: run.name_any(),
+        created: created(run),
+        batches: wanted,
+        bytes_each,
+    };
+    let holdings = entry.holdings(&namespace, queue_name, &ctx.jobs, &ctx.pods);
+    let members = members(&ctx.runs, &namespace, queue_name);
+    let mut demands: Vec<Demand> = entry
+        .demands(members.iter().map(|r| r.as_ref()))
+        .into_iter()
+        .filter(|d| d.run != demand.run)
+        .collect();
+    demands.push(demand.clone());
+    let shares = share(&budget, &holdings, &demands);
+    let seat = seat_of(queue_name, &budget, &shares, &demand);
+    entry.record(
+        Demand {
+            batches: wanted - seat.granted,
+            ..demand
+        },
+        seat.granted > 0,
+    );
+    seat
+}
+
+/// What the schema cannot say about a spec: can a Job be built from it at all. Returns the
+/// memory one worker pod may hold, which is what a queue admits.
+fn check_spec(run: &BatchRun) -> Result<u64, String> {
     let first = fresh_batches(
         universe(&run.spec),
         run.spec.input.batch_size,
@@ -106,9 +189,13 @@ fn check_spec(run: &BatchRun) -> Result<(), String> {
     let Some(range) = first.first().copied() else {
         return Err("spec.input holds no records".into());
     };
-    build_job(run, &Launch { range, attempt: 1 })
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    let job = build_job(run, &Launch { range, attempt: 1 }).map_err(|e| e.to_string())?;
+    Ok(job
+        .spec
+        .and_then(|s| s.template.spec)
+        .as_ref()
+        .map(pod_memory_bytes)
+        .unwrap_or(0))
 }
 
 /// A deleted run releases its worker pods (they hold the result finalizer) and its Jobs.
@@ -130,6 +217,7 @@ async fn cleanup(run: &BatchRun, ctx: &Context) -> Result<Action, Error> {
         }
     }
     ctx.metrics.forget_run(&namespace, &run.name_any());
+    ctx.queues.forget_run(&namespace, &uid);
     tracing::info!(run = %run.name_any(), "run deleted: its Jobs are removed and its pods released");
     Ok(Action::await_change())
 }

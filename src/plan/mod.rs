@@ -1,6 +1,7 @@
 //! The pure core: ranges, batch cutting, backoff, settling results and the planner
 //! (observed state in, actions out). Nothing here talks to Kubernetes.
 
+mod admission;
 mod backoff;
 mod conditions;
 mod cutting;
@@ -12,6 +13,7 @@ mod planner_tests;
 mod ranges;
 mod settle;
 
+pub use admission::*;
 pub use backoff::*;
 pub use conditions::*;
 pub use cutting::*;

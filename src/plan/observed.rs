@@ -69,6 +69,18 @@ pub struct Observed<'a> {
     pub now: Timestamp,
     /// What the memory guard sees of this run; `None` when the guard is off.
     pub memory: Option<&'a RunMemory>,
+    /// What the run's BatchQueue allows now; `None` for a run without a queue.
+    pub seat: Option<Seat>,
+}
+
+/// A queued run's share of its BatchQueue at this moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Seat {
+    pub queue: String,
+    /// New batches the queue lets this run start now.
+    pub granted: usize,
+    /// Why batches wait (the `Queued` condition's reason and message); `None` when none do.
+    pub waiting: Option<(String, String)>,
 }
 
 impl ObservedAttempt {

@@ -19,6 +19,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 /// status stays small however many batches fail at once.
 pub const MAX_PENDING: usize = 500;
 
+/// How often a run that waits for its queue asks again.
+pub const QUEUE_POLL: Duration = Duration::from_secs(1);
+
 /// One Job to create.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Launch {
@@ -154,6 +157,9 @@ pub fn plan(observed: &Observed) -> Plan {
     let failing = ledger.failed_batches > u64::from(spec.retry.max_failed_batches);
     if !spec.suspend && !failing {
         let mut room = (spec.parallelism as usize).saturating_sub(alive);
+        if let Some(seat) = &observed.seat {
+            room = room.min(seat.granted);
+        }
         let mut ready: Vec<_> = ledger
             .pending
             .iter()
@@ -204,6 +210,11 @@ pub fn plan(observed: &Observed) -> Plan {
             plan.launch
                 .extend(fresh.into_iter().map(|range| Launch { range, attempt: 1 }));
         }
+    }
+
+    if observed.seat.as_ref().is_some_and(|s| s.waiting.is_some()) {
+        // Room in a queue frees up without an event on this run: look again soon.
+        plan.requeue_after = earliest(plan.requeue_after, QUEUE_POLL);
     }
 
     let running = alive + plan.launch.len();
@@ -321,6 +332,11 @@ fn finish_status(
     status
         .conditions
         .push(memory_condition(observed, state, &status, &old.conditions));
+    if let Some(seat) = &observed.seat {
+        status
+            .conditions
+            .push(queued_condition(observed, seat, state, &old.conditions));
+    }
     if status.start_time.is_none() && running > 0 {
         status.start_time = Some(Time(observed.now));
     }
@@ -472,6 +488,45 @@ fn memory_condition(
         .unwrap_or(Time(observed.now));
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
         type_: "MemoryPressure".into(),
+        status: value.into(),
+        reason,
+        message,
+        observed_generation: Some(observed.generation),
+        last_transition_time: since,
+    }
+}
+
+/// `Queued`: True while batches of the run wait for room in its BatchQueue, with what they
+/// wait for; False once everything the run can start is admitted.
+fn queued_condition(
+    observed: &Observed,
+    seat: &super::Seat,
+    state: &RunState,
+    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let (value, reason, message) = match &seat.waiting {
+        _ if state.is_finished() => (
+            "False",
+            "RunFinished".to_string(),
+            format!("the run no longer uses queue {}", seat.queue),
+        ),
+        Some((reason, message)) => ("True", reason.clone(), message.clone()),
+        None => (
+            "False",
+            "Admitted".to_string(),
+            format!(
+                "queue {} admits every batch the run can start now",
+                seat.queue
+            ),
+        ),
+    };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == "Queued" && c.status == value)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(observed.now));
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: "Queued".into(),
         status: value.into(),
         reason,
         message,

@@ -33,6 +33,8 @@ fn spec(end: i64, batch_size: u64, parallelism: u32) -> BatchRunSpec {
         retry: Default::default(),
         retention: Default::default(),
         suspend: false,
+        queue: None,
+        kueue: None,
     }
 }
 
@@ -47,6 +49,7 @@ struct Sim {
     attempts: Vec<ObservedAttempt>,
     now: Timestamp,
     memory: Option<RunMemory>,
+    seat: Option<Seat>,
 }
 
 impl Sim {
@@ -57,6 +60,7 @@ impl Sim {
             attempts: vec![],
             now: t0(),
             memory: None,
+            seat: None,
         }
     }
 
@@ -70,6 +74,7 @@ impl Sim {
             attempts: &self.attempts,
             now: self.now,
             memory: self.memory.as_ref(),
+            seat: self.seat.clone(),
         })
     }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use batchguard::api::BatchRun;
+use batchguard::api::{BatchQueue, BatchRun};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -27,34 +27,40 @@ pub async fn client() -> Client {
         .expect("a client for the cluster in KUBECONFIG")
 }
 
-/// Installs (or updates) the BatchRun CRD and waits until it is served.
+/// Installs (or updates) the BatchRun and BatchQueue CRDs and waits until they are served.
 pub async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = BatchRun::crd();
     let params = PatchParams::apply("batchguard-tests").force();
-    crds.patch(&crd.name_any(), &params, &Patch::Apply(&crd))
-        .await
-        .expect("CRD applied");
-    wait_for(
-        "the BatchRun CRD to be established",
-        Duration::from_secs(30),
-        || async {
-            let crd = crds.get(BatchRun::crd_name()).await.ok()?;
-            let established = crd
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        },
-    )
-    .await;
+    for crd in [BatchRun::crd(), BatchQueue::crd()] {
+        let name = crd.name_any();
+        crds.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .expect("CRD applied");
+        wait_for(
+            &format!("the CRD {name} to be established"),
+            Duration::from_secs(30),
+            || async {
+                let crd = crds.get(&name).await.ok()?;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            },
+        )
+        .await;
+    }
     // Discovery of a new resource lags the condition a little.
     let runs: Api<BatchRun> = Api::namespaced(client.clone(), "default");
+    let queues: Api<BatchQueue> = Api::namespaced(client.clone(), "default");
     wait_for(
-        "BatchRuns to be listable",
+        "BatchRuns and BatchQueues to be listable",
         Duration::from_secs(30),
-        || async { runs.list(&Default::default()).await.ok().map(|_| ()) },
+        || async {
+            runs.list(&Default::default()).await.ok()?;
+            queues.list(&Default::default()).await.ok().map(|_| ())
+        },
     )
     .await;
 }

@@ -30,6 +30,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: ["batchguard.dev"]
   resources: ["batchruns/status"]
   verbs: ["patch"]                                # the ledger: one conditional status write
+- apiGroups: ["batchguard.dev"]
+  resources: ["batchqueues"]
+  verbs: ["list", "watch"]                        # budgets shared by runs
+- apiGroups: ["batchguard.dev"]
+  resources: ["batchqueues/status"]
+  verbs: ["patch"]                                # what a queue holds and who waits
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch", "create", "deletecollection"]   # one Job per batch; removed with the run
