@@ -372,6 +372,7 @@ fn planner_status_size(batches: u64, batch_size: u64, parallelism: u32) -> usize
             attempts: &attempts,
             now,
             memory: None,
+            seat: None,
         };
         let planned = plan(&observed);
         if let Some(new) = planned.status {
