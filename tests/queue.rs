@@ -473,3 +473,53 @@ spec:
         ("False", "RunFinished")
     );
 }
+
+#[tokio::test]
+async fn a_drained_worker_holds_its_memory_until_its_pod_is_gone() {
+    let setup = Setup::new("queue-drain").await;
+    let ns = setup.ns.name.clone();
+    create_queue(&setup.client, &ns, "etl", &format!("{}Mi", 2 * WORKER_MI)).await;
+    let (samples, sampler) = sample_workers(&setup.client, &ns, "etl");
+    // First attempts grow 20Mi/s, cross 85% of 128Mi after about 5.5 s and are drained with a
+    // 3 s grace, checkpointing 50 records; continuations finish. A second run fills the gaps.
+    let mut hungry = queued_run("hungry", "etl", 2, "12s");
+    hungry.spec.input.batch_size = 100;
+    hungry.spec.input.range.as_mut().unwrap().end = 200;
+    hungry.spec.template.metadata.as_mut().unwrap().annotations = Some(
+        [
+            ("sim.batchguard.dev/duration", "12s"),
+            ("sim.batchguard.dev/memory-growth", "20Mi"),
+            ("sim.batchguard.dev/memory-attempts", "1"),
+            ("sim.batchguard.dev/resume-after", "50"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    hungry.spec.memory_guard.drain_grace_period_seconds = 3;
+    hungry.spec.memory_guard.on_pressure = batchguard::api::OnPressure::Resume;
+    for run in [hungry, queued_run("steady", "etl", 6, "1s")] {
+        setup
+            .runs
+            .create(&PostParams::default(), &run)
+            .await
+            .unwrap();
+    }
+    let finished = wait_all_finished(
+        &setup,
+        &["hungry".to_string(), "steady".to_string()],
+        Duration::from_secs(180),
+    )
+    .await;
+    sampler.abort();
+    let hungry = finished[0].status.as_ref().unwrap();
+    assert_eq!(hungry.phase, Some(Phase::Succeeded), "{hungry:?}");
+    assert_eq!(hungry.aggregate.records, 200, "each record counted once");
+    assert!(hungry.guard.drains >= 1, "{:?}", hungry.guard);
+    assert_exact(&finished[1], 6);
+    let peak = samples.lock().unwrap().peak;
+    assert!(
+        peak <= 2,
+        "{peak} workers (draining ones included) alive in a queue that fits 2"
+    );
+}

@@ -124,6 +124,24 @@ async fn invalid_manifests_are_rejected_at_apply_naming_the_field() {
             "spec.memoryGuard.threshold",
         ),
         (
+            "queue not a name",
+            edit("spec.queue", Some("Month_End")),
+            "spec.queue",
+        ),
+        (
+            "queue and kueue",
+            {
+                let mut doc: Value =
+                    serde_yaml::from_str(&edit("spec.kueue", Some("{queueName: team-a}"))).unwrap();
+                doc["spec"]
+                    .as_mapping_mut()
+                    .unwrap()
+                    .insert("queue".into(), "month-end".into());
+                serde_yaml::to_string(&doc).unwrap()
+            },
+            "spec.queue and spec.kueue exclude each other",
+        ),
+        (
             "unknown action",
             edit("spec.memoryGuard", Some("{action: Kill}")),
             "spec.memoryGuard.action",
@@ -205,4 +223,25 @@ async fn the_crd_applies_client_side_with_kubectl() {
     let (ok, stdout, stderr) = kubectl(&["apply", "-f", dir], None);
     assert!(ok, "kubectl apply -f crds/ failed: {stderr}");
     assert!(stdout.contains("batchruns.batchguard.dev"), "{stdout}");
+    assert!(stdout.contains("batchqueues.batchguard.dev"), "{stdout}");
+}
+
+#[tokio::test]
+async fn every_example_passes_server_side_validation() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "examples").await;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/");
+    for file in ["payroll.yaml", "routing.yaml", "month-end.yaml"] {
+        let path = format!("{dir}{file}");
+        let (ok, stdout, stderr) = kubectl(
+            &["apply", "--dry-run=server", "-n", &ns.name, "-f", &path],
+            None,
+        );
+        assert!(ok, "{file} is refused: {stderr}");
+        assert!(
+            stdout.contains("batchrun.batchguard.dev/"),
+            "{file}: {stdout}"
+        );
+    }
 }
