@@ -165,11 +165,14 @@ pub fn seat_of(queue: &str, budget: &Budget, shares: &Shares, demand: &Demand) -
                 1..=3 => format!("behind {}", ahead.join(", ")),
                 n => format!("behind {} and {} more", ahead[..3].join(", "), n - 3),
             };
+            let batches = match w.batches {
+                1 => "1 batch waits".to_string(),
+                n => format!("{n} batches wait"),
+            };
             (
                 "WaitingForRoom".to_string(),
                 format!(
-                    "{} batches wait for queue {queue}: {} of {} and {}{cap} batches in use; position {} of {} waiting runs, {behind}",
-                    w.batches,
+                    "{batches} for queue {queue}: {} of {} and {}{cap} batches in use; position {} of {} waiting runs, {behind}",
                     bytes_quantity(shares.held_bytes),
                     bytes_quantity(budget.memory_bytes),
                     shares.held_batches,
