@@ -373,6 +373,7 @@ fn planner_status_size(batches: u64, batch_size: u64, parallelism: u32) -> usize
             now,
             memory: None,
             seat: None,
+            retry_request: None,
         };
         let planned = plan(&observed);
         if let Some(new) = planned.status {

@@ -61,6 +61,10 @@ pub struct BatchRunStatus {
     /// When the run reached Succeeded or Failed.
     #[serde(default)]
     pub completion_time: Option<Time>,
+    /// The last retry request acted on: the value of the run's `batchguard.dev/retry-failed`
+    /// annotation when its failed ranges were queued again.
+    #[serde(default)]
+    pub retried_failed: Option<String>,
 }
 
 /// The lifecycle phase of a run.

@@ -1,4 +1,5 @@
-//! Events users care about: failed, resumed and OOM-killed batches, and the run's end.
+//! Events users care about: failed, resumed and OOM-killed batches, retries users asked
+//! for, and the run's end.
 //! Successful batches are not announced one by one.
 
 use kube::runtime::events::{Event, EventType};
@@ -86,5 +87,11 @@ pub fn event_for(notice: &Notice) -> Option<Event> {
             "Finish",
         )),
         Notice::Finished(_) => None,
+        Notice::Retried { batches } => Some(event(
+            EventType::Normal,
+            "RetryRequested",
+            format!("the failed records are queued again as {batches} batches"),
+            "Retry",
+        )),
     }
 }

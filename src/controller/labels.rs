@@ -20,6 +20,8 @@ pub const MANAGER: &str = "batchguard";
 
 /// On worker pods: the pod cannot vanish before its result is in the run's status.
 pub const RESULT_FINALIZER: &str = "batchguard.dev/result";
+/// On runs: a new value queues the failed ranges again (`kubectl batchguard retry --failed`).
+pub const RETRY_FAILED: &str = "batchguard.dev/retry-failed";
 /// On runs: deleting a run first releases its worker pods.
 pub const CLEANUP_FINALIZER: &str = "batchguard.dev/cleanup";
 

@@ -15,7 +15,7 @@ use tracing::{Instrument, info_span};
 
 use super::executor::{execute, release_finalizer};
 use super::job::{build_job, worker_index};
-use super::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER, RUN_UID};
+use super::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER, RETRY_FAILED, RUN_UID};
 use super::queue_usage::pod_memory_bytes;
 use super::queues::{QueueEntry, budget_of, created, members};
 use super::{Context, Error, observe};
@@ -88,6 +88,7 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
         now: jiff::Timestamp::now(),
         memory: memory.as_ref(),
         seat: None,
+        retry_request: run.annotations().get(RETRY_FAILED).map(String::as_str),
     };
     let bytes_each = match check_spec(&run) {
         Ok(bytes_each) => bytes_each,

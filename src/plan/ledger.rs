@@ -33,6 +33,8 @@ pub struct Ledger {
     pub drained: u64,
     pub guard: GuardStatus,
     pub failures: Vec<FailureRecord>,
+    /// The last retry request acted on, written with the ranges it queued.
+    pub retried_failed: Option<String>,
 }
 
 /// Why a result cannot enter the aggregate (it fails the attempt as `BadOutput`).
@@ -52,6 +54,7 @@ impl Ledger {
             drained: status.batches.drained,
             guard: status.guard.clone(),
             failures: status.failures.clone(),
+            retried_failed: status.retried_failed.clone(),
         })
     }
 
@@ -67,6 +70,7 @@ impl Ledger {
         status.batches.retrying = self.pending.len() as u64;
         status.guard = self.guard.clone();
         status.failures = self.failures.clone();
+        status.retried_failed = self.retried_failed.clone();
     }
 
     /// Records settled one way or another: completed or failed for good.

@@ -11,6 +11,7 @@ mod planner;
 #[cfg(test)]
 mod planner_tests;
 mod ranges;
+mod rerun;
 mod settle;
 
 pub use admission::*;
@@ -21,4 +22,5 @@ pub use ledger::*;
 pub use observed::*;
 pub use planner::*;
 pub use ranges::*;
+pub use rerun::*;
 pub use settle::*;

@@ -71,6 +71,8 @@ pub struct Observed<'a> {
     pub memory: Option<&'a RunMemory>,
     /// What the run's BatchQueue allows now; `None` for a run without a queue.
     pub seat: Option<Seat>,
+    /// The run's `batchguard.dev/retry-failed` annotation: a new value re-runs failed ranges.
+    pub retry_request: Option<&'a str>,
 }
 
 /// A queued run's share of its BatchQueue at this moment.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{
     Ledger, Observed, ObservedAttempt, Outcome, RangeSet, RecordRange, Requeued, RunState,
-    SettlePolicy, Settled, fresh_batches, outcome_of, settle, sized_batches,
+    SettlePolicy, Settled, fresh_batches, outcome_of, rerun_failed, settle, sized_batches,
 };
 use crate::api::{BatchRunSpec, BatchRunStatus, Phase, memory_bytes};
 use crate::guard::view::RunMemory;
@@ -38,6 +38,10 @@ pub enum Notice {
         settled: Settled,
     },
     Finished(RunState),
+    /// A user asked for the failed ranges again.
+    Retried {
+        batches: usize,
+    },
 }
 
 /// The actions of one reconcile.
@@ -86,6 +90,13 @@ pub fn plan(observed: &Observed) -> Plan {
             return plan;
         }
     };
+    if let Some(request) = observed.retry_request
+        && ledger.retried_failed.as_deref() != Some(request)
+    {
+        let batches = rerun_failed(&mut ledger, observed.attempts, spec.input.batch_size);
+        ledger.retried_failed = Some(request.to_string());
+        plan.notices.push(Notice::Retried { batches });
+    }
     let universe = universe(spec);
     let policy = SettlePolicy {
         retry: &spec.retry,
@@ -342,6 +353,10 @@ fn finish_status(
     }
     if state.is_finished() && status.completion_time.is_none() {
         status.completion_time = Some(Time(observed.now));
+    }
+    if !state.is_finished() {
+        // A retried run runs again.
+        status.completion_time = None;
     }
     status
 }

@@ -50,6 +50,7 @@ struct Sim {
     now: Timestamp,
     memory: Option<RunMemory>,
     seat: Option<Seat>,
+    retry_request: Option<String>,
 }
 
 impl Sim {
@@ -61,6 +62,7 @@ impl Sim {
             now: t0(),
             memory: None,
             seat: None,
+            retry_request: None,
         }
     }
 
@@ -75,6 +77,7 @@ impl Sim {
             now: self.now,
             memory: self.memory.as_ref(),
             seat: self.seat.clone(),
+            retry_request: self.retry_request.as_deref(),
         })
     }
 
@@ -652,4 +655,48 @@ fn a_drained_worker_continues_in_a_new_job() {
             attempt: 2
         }]
     );
+}
+
+#[test]
+fn a_retry_request_reruns_the_failed_ranges_of_a_failed_run_once() {
+    let mut sim = Sim::new(spec(100, 50, 2));
+    sim.spec.retry.max_attempts = 1;
+    sim.spec.retry.max_failed_batches = 0;
+    sim.reconcile();
+    sim.succeed(0);
+    sim.end(1, 1, "Error", "bad row");
+    let status = sim.reconcile().status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    assert!(status.completion_time.is_some());
+
+    // A user asks for the failed records again: they run as a new attempt.
+    sim.retry_request = Some("2026-11-23T10:00:00Z".into());
+    let plan = sim.reconcile();
+    assert!(plan.notices.contains(&Notice::Retried { batches: 1 }));
+    assert_eq!(
+        plan.launch,
+        vec![Launch {
+            range: RecordRange::new(50, 100),
+            attempt: 2
+        }]
+    );
+    let status = plan.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Running));
+    assert_eq!(status.completion_time, None);
+    assert_eq!(status.failed, "");
+    assert_eq!(
+        status.retried_failed.as_deref(),
+        Some("2026-11-23T10:00:00Z")
+    );
+
+    let index = sim.attempts.iter().position(|a| a.attempt == 2).unwrap();
+    sim.succeed(index);
+    let status = sim.reconcile().status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Succeeded));
+    assert_eq!(status.aggregate.records, 100, "each record counted once");
+    assert!(status.completion_time.is_some());
+
+    // The same request again changes nothing.
+    let plan = sim.reconcile();
+    assert!(plan.launch.is_empty() && plan.status.is_none(), "{plan:?}");
 }
