@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod guard;
 pub mod leader;

@@ -21,6 +21,25 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub namespace: String,
+    pub run: String,
+    pub phase: String,
+}
+
+/// The phases a run can be in, each a series of `batchguard_run_phase`.
+const PHASES: [&str; 5] = ["Pending", "Running", "Suspended", "Succeeded", "Failed"];
+
+/// A run's figures after a status write.
+pub struct RunFigures<'a> {
+    pub phase: &'a str,
+    pub live_workers: u64,
+    pub records_done: u64,
+    pub records: u64,
+    pub peak_memory_percent: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RunLabels {
     pub namespace: String,
     pub run: String,
@@ -49,6 +68,10 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub batches: Family<ResultLabels, Counter>,
     pub live_workers: Family<RunLabels, Gauge>,
+    pub run_phase: Family<PhaseLabels, Gauge>,
+    pub run_records_done: Family<RunLabels, Gauge>,
+    pub run_records: Family<RunLabels, Gauge>,
+    pub run_peak_memory_percent: Family<RunLabels, Gauge>,
     pub api_requests: Family<RequestLabels, Counter>,
     pub guard_queries: Counter,
     pub guard_query_failures: Counter,
@@ -89,6 +112,30 @@ impl Default for Metrics {
             "live_workers",
             "Batch Jobs alive per run",
             live_workers.clone(),
+        );
+        let run_phase = Family::<PhaseLabels, Gauge>::default();
+        let run_records_done = Family::<RunLabels, Gauge>::default();
+        let run_records = Family::<RunLabels, Gauge>::default();
+        let run_peak_memory_percent = Family::<RunLabels, Gauge>::default();
+        registry.register(
+            "run_phase",
+            "1 for the phase each run is in, 0 for the others",
+            run_phase.clone(),
+        );
+        registry.register(
+            "run_records_done",
+            "Records of a run whose results are counted",
+            run_records_done.clone(),
+        );
+        registry.register(
+            "run_records",
+            "Records of a run in all",
+            run_records.clone(),
+        );
+        registry.register(
+            "run_peak_memory_percent",
+            "Highest worker memory of a run so far, in percent of its limit",
+            run_peak_memory_percent.clone(),
         );
         registry.register(
             "api_requests",
@@ -150,6 +197,10 @@ impl Default for Metrics {
             reconcile_duration,
             batches,
             live_workers,
+            run_phase,
+            run_records_done,
+            run_records,
+            run_peak_memory_percent,
             api_requests,
             guard_queries,
             guard_query_failures,
@@ -205,19 +256,55 @@ impl Metrics {
             .inc();
     }
 
-    pub fn set_live_workers(&self, namespace: &str, run: &str, live: u64) {
+    pub fn observe_run(&self, namespace: &str, run: &str, figures: RunFigures) {
         let labels = RunLabels {
             namespace: namespace.into(),
             run: run.into(),
         };
-        self.live_workers.get_or_create(&labels).set(live as i64);
+        let set = |family: &Family<RunLabels, Gauge>, value: u64| {
+            family
+                .get_or_create(&labels)
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        };
+        set(&self.live_workers, figures.live_workers);
+        set(&self.run_records_done, figures.records_done);
+        set(&self.run_records, figures.records);
+        set(
+            &self.run_peak_memory_percent,
+            u64::from(figures.peak_memory_percent),
+        );
+        for phase in PHASES {
+            let labels = PhaseLabels {
+                namespace: namespace.into(),
+                run: run.into(),
+                phase: phase.into(),
+            };
+            self.run_phase
+                .get_or_create(&labels)
+                .set(i64::from(phase == figures.phase));
+        }
     }
 
     pub fn forget_run(&self, namespace: &str, run: &str) {
-        self.live_workers.remove(&RunLabels {
+        let labels = RunLabels {
             namespace: namespace.into(),
             run: run.into(),
-        });
+        };
+        for family in [
+            &self.live_workers,
+            &self.run_records_done,
+            &self.run_records,
+            &self.run_peak_memory_percent,
+        ] {
+            family.remove(&labels);
+        }
+        for phase in PHASES {
+            self.run_phase.remove(&PhaseLabels {
+                namespace: namespace.into(),
+                run: run.into(),
+                phase: phase.into(),
+            });
+        }
     }
 
     pub fn set_queue(&self, namespace: &str, queue: &str, usage: QueueUsage) {

@@ -153,23 +153,6 @@ fn the_chart_ships_the_generated_crds() {
     }
 }
 
-/// A kubeconfig for the chart's ServiceAccount: the admin kubeconfig's server and CA, a token.
-fn service_account_kubeconfig(token: &str, path: &Path) {
-    let admin: serde_yaml::Value = serde_yaml::from_str(
-        &std::fs::read_to_string(std::env::var("KUBECONFIG").unwrap()).unwrap(),
-    )
-    .unwrap();
-    let cluster = &admin["clusters"][0]["cluster"];
-    let config = serde_json::json!({
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "c", "cluster": {"server": cluster["server"].as_str().unwrap(),
-            "certificate-authority": cluster["certificate-authority"].as_str().unwrap()}}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}],
-    });
-    std::fs::write(path, serde_yaml::to_string(&config).unwrap()).unwrap();
-}
-
 fn small_run(name: &str, annotations: &str, extra: &str) -> BatchRun {
     batch_run(&format!(
         r#"

@@ -19,6 +19,7 @@ use super::queue_usage::pod_memory_bytes;
 use super::queues::QueueEntry;
 use super::{Context, Error};
 use crate::api::BatchRun;
+use crate::metrics::RunFigures;
 use crate::plan::{Holding, Notice, Plan, Settled};
 
 /// Requests sent at once when many batches launch or finish together.
@@ -55,8 +56,24 @@ pub async fn execute(
             }
             Err(e) => return Err(e.into()),
         }
-        ctx.metrics
-            .set_live_workers(&namespace, &name, status.batches.running);
+        let (done, records) = status
+            .progress
+            .as_deref()
+            .and_then(|p| p.split_once('/'))
+            .map(|(d, t)| (d.parse().unwrap_or(0), t.parse().unwrap_or(0)))
+            .unwrap_or((0, 0));
+        let phase = status.phase.map(|p| format!("{p:?}")).unwrap_or_default();
+        ctx.metrics.observe_run(
+            &namespace,
+            &name,
+            RunFigures {
+                phase: &phase,
+                live_workers: status.batches.running,
+                records_done: done,
+                records,
+                peak_memory_percent: status.guard.peak_percent,
+            },
+        );
     }
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);

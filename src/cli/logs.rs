@@ -1,0 +1,89 @@
+//! `logs RUN --failed`: the logs of the worker pods of failed batches, while the operator
+//! retains them (`spec.retention.failedSeconds`).
+
+use std::process::ExitCode;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{ListParams, LogParams};
+
+use super::client::{CliError, Target, api_error};
+use crate::controller::job::worker_index;
+use crate::controller::labels::{ATTEMPT, RANGE_END, RANGE_START, RUN_UID};
+
+pub async fn run(target: &Target, name: &str) -> Result<ExitCode, CliError> {
+    let run = target.run(name).await?;
+    let pods = target.api::<Pod>();
+    let selector = format!("{RUN_UID}={}", run.uid().unwrap_or_default());
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(api_error)?;
+    let worker = run
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|spec| worker_index(spec).map(|i| spec.containers[i].name.clone()))
+        .unwrap_or_else(|| "worker".into());
+    let failed: Vec<&Pod> = list
+        .items
+        .iter()
+        .filter(|p| failure(p, &worker).is_some())
+        .collect();
+    if failed.is_empty() {
+        println!(
+            "No failed batch pods of {name} are left (failed pods are kept for spec.retention.failedSeconds = {}s).",
+            run.spec.retention.failed_seconds
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for pod in failed {
+        let labels = pod.labels();
+        let end: u64 = labels
+            .get(RANGE_END)
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(0);
+        println!(
+            "==> pod {} (records {}-{}, attempt {}): {} <==",
+            pod.name_any(),
+            labels.get(RANGE_START).map(String::as_str).unwrap_or("?"),
+            end.saturating_sub(1),
+            labels.get(ATTEMPT).map(String::as_str).unwrap_or("?"),
+            failure(pod, &worker).unwrap_or_default()
+        );
+        let params = LogParams {
+            container: Some(worker.clone()),
+            ..Default::default()
+        };
+        match pods.logs(&pod.name_any(), &params).await {
+            Ok(text) if text.is_empty() => println!("(no output)"),
+            Ok(text) => println!("{}", text.trim_end()),
+            Err(err) => println!("(logs unavailable: {err})"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Why the worker of a pod failed, if it did.
+fn failure(pod: &Pod, worker: &str) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let terminated = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == worker)
+        .and_then(|c| c.state.as_ref()?.terminated.as_ref());
+    match terminated {
+        Some(t) if t.exit_code != 0 => Some(format!(
+            "exit code {} ({})",
+            t.exit_code,
+            t.reason.clone().unwrap_or_default()
+        )),
+        Some(_) => None,
+        None if status.phase.as_deref() == Some("Failed") => {
+            Some(status.reason.clone().unwrap_or_else(|| "pod failed".into()))
+        }
+        None => None,
+    }
+}
