@@ -14,6 +14,10 @@ use batchguard::api::{BatchRun, Phase};
 use kube::api::PostParams;
 use support::*;
 
+fn sim_run_400(name: &str, annotations: &str, extra: &str) -> BatchRun {
+    sim_run(name, 400, 200, 2, annotations, extra)
+}
+
 /// Runs the plugin in the test's namespace, its output captured (so without a terminal).
 fn plugin(namespace: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kubectl-batchguard"))
@@ -31,28 +35,12 @@ fn text(out: &Output) -> (i32, String, String) {
     )
 }
 
-fn small_run(name: &str, annotations: &str, extra: &str) -> BatchRun {
-    batch_run(&format!(
-        r#"
-apiVersion: batchguard.dev/v1alpha1
-kind: BatchRun
-metadata: {{name: {name}}}
-spec:
-  input: {{range: {{start: 0, end: 400}}, batchSize: 200}}
-  parallelism: 2
-  template:
-    metadata: {{annotations: {{{annotations}}}}}
-    spec: {{containers: [{{name: worker, image: registry.example/etl:2}}]}}
-  resources: {{memory: {{request: 64Mi, limit: 128Mi}}}}
-{extra}
-"#
-    ))
-}
-
-/// `watch` in a thread of its own, so the test can wait for it while the run goes on.
-fn watch(namespace: &str, run: &str) -> std::thread::JoinHandle<Output> {
+/// `watch` on a blocking thread, so the test's runtime goes on while it follows the run.
+async fn watch(namespace: &str, run: &str) -> Output {
     let (namespace, run) = (namespace.to_string(), run.to_string());
-    std::thread::spawn(move || plugin(&namespace, &["watch", &run]))
+    tokio::task::spawn_blocking(move || plugin(&namespace, &["watch", &run]))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -67,16 +55,11 @@ async fn watch_follows_a_drained_run_to_success_and_the_views_agree_with_the_sta
         .runs
         .create(
             &PostParams::default(),
-            &small_run("etl", annotations, guard),
+            &sim_run_400("etl", annotations, guard),
         )
         .await
         .unwrap();
-    let watcher = watch(&ns, "etl");
-    let (code, stdout, stderr) = text(
-        &tokio::task::spawn_blocking(move || watcher.join().unwrap())
-            .await
-            .unwrap(),
-    );
+    let (code, stdout, stderr) = text(&watch(&ns, "etl").await);
     println!("{stdout}");
     assert_eq!(code, 0, "watch exits 0 on success: {stdout}\n{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
@@ -159,18 +142,11 @@ async fn a_failed_run_exits_1_shows_its_failures_and_retries_to_success() {
         .runs
         .create(
             &PostParams::default(),
-            &small_run("ledger", annotations, retry),
+            &sim_run_400("ledger", annotations, retry),
         )
         .await
         .unwrap();
-    let (code, stdout, _) = text(
-        &tokio::task::spawn_blocking({
-            let ns = ns.clone();
-            move || plugin(&ns, &["watch", "ledger"])
-        })
-        .await
-        .unwrap(),
-    );
+    let (code, stdout, _) = text(&watch(&ns, "ledger").await);
     assert_eq!(code, 1, "watch exits 1 when the run fails: {stdout}");
     assert!(
         stdout.lines().last().unwrap().starts_with("Failed: "),
@@ -200,14 +176,7 @@ async fn a_failed_run_exits_1_shows_its_failures_and_retries_to_success() {
         said.contains("Retry requested for records 200-399"),
         "{said}"
     );
-    let (code, stdout, _) = text(
-        &tokio::task::spawn_blocking({
-            let ns = ns.clone();
-            move || plugin(&ns, &["watch", "ledger"])
-        })
-        .await
-        .unwrap(),
-    );
+    let (code, stdout, _) = text(&watch(&ns, "ledger").await);
     assert_eq!(code, 0, "the retried run succeeds: {stdout}");
     assert!(stdout.contains("RetryRequested"), "{stdout}");
     let run = setup.runs.get("ledger").await.unwrap();

@@ -18,30 +18,16 @@ use kube::Api;
 use kube::api::{ListParams, PostParams};
 use support::*;
 
+/// Two workers at a time with the guard settings given.
 fn guarded(name: &str, end: u64, batch_size: u64, annotations: &str, guard: &str) -> BatchRun {
-    batch_run(&format!(
-        r#"
-apiVersion: batchguard.dev/v1alpha1
-kind: BatchRun
-metadata:
-  name: {name}
-spec:
-  input:
-    range: {{start: 0, end: {end}}}
-    batchSize: {batch_size}
-  parallelism: 2
-  template:
-    metadata:
-      annotations: {{{annotations}}}
-    spec:
-      containers:
-        - name: worker
-          image: registry.example/etl:2
-  resources:
-    memory: {{request: 64Mi, limit: 128Mi}}
-  memoryGuard: {guard}
-"#
-    ))
+    sim_run(
+        name,
+        end,
+        batch_size,
+        2,
+        annotations,
+        &format!("  memoryGuard: {guard}"),
+    )
 }
 
 async fn event_notes(client: &kube::Client, namespace: &str, reason: &str) -> Vec<String> {

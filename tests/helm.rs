@@ -15,6 +15,10 @@ use kube::api::PostParams;
 use serde_json::Value;
 use support::*;
 
+fn sim_run_500(name: &str, annotations: &str, extra: &str) -> BatchRun {
+    sim_run(name, 500, 100, 2, annotations, extra)
+}
+
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/batchguard");
 
 fn helm(args: &[&str]) -> (bool, String, String) {
@@ -57,7 +61,7 @@ async fn the_chart_lints_and_renders_for_the_server() {
     install_crd(&client).await;
     let (ok, out, err) = helm(&["lint", "--strict", CHART]);
     assert!(ok, "helm lint --strict: {out}{err}");
-    for ns in ["batchguard-system", "team-a", "team-b"] {
+    for ns in ["batchguard-system", "team-a", "team-b", "monitoring"] {
         namespace(&client, ns).await;
     }
     let all = format!("{CHART}/ci/all-features-values.yaml");
@@ -153,24 +157,6 @@ fn the_chart_ships_the_generated_crds() {
     }
 }
 
-fn small_run(name: &str, annotations: &str, extra: &str) -> BatchRun {
-    batch_run(&format!(
-        r#"
-apiVersion: batchguard.dev/v1alpha1
-kind: BatchRun
-metadata: {{name: {name}}}
-spec:
-  input: {{range: {{start: 0, end: 500}}, batchSize: 100}}
-  parallelism: 2
-  template:
-    metadata: {{annotations: {{{annotations}}}}}
-    spec: {{containers: [{{name: worker, image: registry.example/w:1}}]}}
-  resources: {{memory: {{request: 64Mi, limit: 128Mi}}}}
-{extra}
-"#
-    ))
-}
-
 #[tokio::test]
 async fn the_chart_rbac_runs_a_batch_run_and_nothing_more_and_uninstalls_cleanly() {
     let client = client().await;
@@ -212,7 +198,7 @@ async fn the_chart_rbac_runs_a_batch_run_and_nothing_more_and_uninstalls_cleanly
     let runs: Api<BatchRun> = Api::namespaced(client.clone(), &work.name);
     runs.create(
         &PostParams::default(),
-        &small_run("rbac", r#"sim.batchguard.dev/duration: "1s""#, ""),
+        &sim_run_500("rbac", r#"sim.batchguard.dev/duration: "1s""#, ""),
     )
     .await
     .unwrap();
@@ -442,20 +428,20 @@ async fn kstatus_argocd_health_and_reapplies_read_the_run_right() {
     } = Setup::new("gitops").await;
     runs.create(
         &PostParams::default(),
-        &small_run("long", r#"sim.batchguard.dev/duration: "5m""#, ""),
+        &sim_run_500("long", r#"sim.batchguard.dev/duration: "5m""#, ""),
     )
     .await
     .unwrap();
     runs.create(
         &PostParams::default(),
-        &small_run("quick", r#"sim.batchguard.dev/duration: "1s""#, ""),
+        &sim_run_500("quick", r#"sim.batchguard.dev/duration: "1s""#, ""),
     )
     .await
     .unwrap();
     let broken = r#"sim.batchguard.dev/fail-ranges: "0""#;
     runs.create(
         &PostParams::default(),
-        &small_run("broken", broken, "  retry: {maxAttempts: 1}"),
+        &sim_run_500("broken", broken, "  retry: {maxAttempts: 1}"),
     )
     .await
     .unwrap();
@@ -488,7 +474,7 @@ async fn kstatus_argocd_health_and_reapplies_read_the_run_right() {
     }
 
     // GitOps: applying the same manifest again changes nothing, client- or server-side.
-    let manifest = serde_yaml::to_string(&small_run(
+    let manifest = serde_yaml::to_string(&sim_run_500(
         "quick",
         r#"sim.batchguard.dev/duration: "1s""#,
         "",

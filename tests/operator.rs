@@ -20,39 +20,6 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use support::*;
 
-fn manifest(
-    name: &str,
-    end: u64,
-    batch_size: u64,
-    parallelism: u32,
-    annotations: &str,
-    extra: &str,
-) -> BatchRun {
-    batch_run(&format!(
-        r#"
-apiVersion: batchguard.dev/v1alpha1
-kind: BatchRun
-metadata:
-  name: {name}
-spec:
-  input:
-    range: {{start: 0, end: {end}}}
-    batchSize: {batch_size}
-  parallelism: {parallelism}
-  template:
-    metadata:
-      annotations: {{{annotations}}}
-    spec:
-      containers:
-        - name: worker
-          image: registry.example/payroll:1.4
-  resources:
-    memory: {{request: 64Mi, limit: 128Mi}}
-{extra}
-"#
-    ))
-}
-
 async fn create(api: &Api<BatchRun>, run: &BatchRun) {
     api.create(&PostParams::default(), run)
         .await
@@ -177,7 +144,7 @@ async fn twenty_batches_complete_with_the_exact_aggregate_within_the_parallelism
     let started = Instant::now();
     create(
         &runs,
-        &manifest(
+        &sim_run(
             "payroll",
             2000,
             100,
@@ -249,10 +216,10 @@ async fn failed_batches_are_retried_and_reported_past_max_attempts() {
 
     // Records 100-199 fail once, then succeed.
     let flaky = r#"sim.batchguard.dev/fail-ranges: "100", sim.batchguard.dev/fail-attempts: "1", sim.batchguard.dev/fail-message: "disk hiccup""#;
-    create(&runs, &manifest("flaky", 500, 100, 2, flaky, retry)).await;
+    create(&runs, &sim_run("flaky", 500, 100, 2, flaky, retry)).await;
     // Records 300-399 fail every time.
     let broken = r#"sim.batchguard.dev/fail-ranges: "300", sim.batchguard.dev/exit-code: "3", sim.batchguard.dev/fail-message: "bad row 345""#;
-    create(&runs, &manifest("broken", 500, 100, 2, broken, retry)).await;
+    create(&runs, &sim_run("broken", 500, 100, 2, broken, retry)).await;
 
     let flaky = wait_finished(&runs, "flaky", Duration::from_secs(180), &operator).await;
     let status = flaky.status.clone().unwrap();
@@ -313,7 +280,7 @@ async fn an_oom_killed_batch_is_retried_in_halves() {
         runs,
     } = Setup::new("oom").await;
     let oom = r#"sim.batchguard.dev/fail-ranges: "0", sim.batchguard.dev/fail-attempts: "1", sim.batchguard.dev/reason: OOMKilled, sim.batchguard.dev/exit-code: "137""#;
-    create(&runs, &manifest("oom", 300, 100, 2, oom, "")).await;
+    create(&runs, &sim_run("oom", 300, 100, 2, oom, "")).await;
     let run = wait_finished(&runs, "oom", Duration::from_secs(120), &operator).await;
     let status = run.status.unwrap();
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
@@ -338,7 +305,7 @@ async fn sigkilled_operator_ends_with_the_exact_aggregate_and_one_job_per_attemp
 
     create(
         &runs,
-        &manifest(
+        &sim_run(
             "crashy",
             3000,
             100,
@@ -397,7 +364,7 @@ async fn suspend_holds_new_batches_and_deletion_releases_workers() {
 
     create(
         &runs,
-        &manifest(
+        &sim_run(
             "held",
             1000,
             100,

@@ -20,30 +20,15 @@ use support::*;
 const WORKER_MI: u64 = 128;
 
 fn queued_run(name: &str, queue: &str, batches: u64, duration: &str) -> BatchRun {
-    batch_run(&format!(
-        r#"
-apiVersion: batchguard.dev/v1alpha1
-kind: BatchRun
-metadata:
-  name: {name}
-spec:
-  queue: {queue}
-  input:
-    range: {{start: 0, end: {end}}}
-    batchSize: 10
-  parallelism: 10
-  template:
-    metadata:
-      annotations: {{sim.batchguard.dev/duration: "{duration}"}}
-    spec:
-      containers:
-        - name: worker
-          image: registry.example/statements:2.0
-  resources:
-    memory: {{request: 64Mi, limit: {WORKER_MI}Mi}}
-"#,
-        end = batches * 10
-    ))
+    let annotations = format!(r#"sim.batchguard.dev/duration: "{duration}""#);
+    sim_run(
+        name,
+        batches * 10,
+        10,
+        10,
+        &annotations,
+        &format!("  queue: {queue}"),
+    )
 }
 
 async fn create_queue(client: &Client, namespace: &str, name: &str, memory: &str) {

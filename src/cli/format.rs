@@ -3,7 +3,7 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::{BatchRun, Phase};
+use crate::api::{BatchRun, FailureRecord, Phase};
 
 /// How `results` prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -79,6 +79,21 @@ pub fn progress(run: &BatchRun) -> (u64, u64) {
         .next()
         .unwrap_or_else(|| crate::plan::universe(&run.spec).len());
     (done, total)
+}
+
+/// `Heading:` and one indented line per failed attempt; nothing when there is none.
+pub fn failures(heading: &str, failures: &[FailureRecord]) -> String {
+    if failures.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("{heading}\n");
+    for f in failures {
+        out.push_str(&format!(
+            "  records {} attempt {}: {}: {}\n",
+            f.range, f.attempt, f.reason, f.message
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

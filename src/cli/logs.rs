@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use kube::api::{ListParams, LogParams};
 
 use super::client::{CliError, Target, api_error};
-use crate::controller::job::worker_index;
+use crate::controller::job::worker_container;
 use crate::controller::labels::{ATTEMPT, RANGE_END, RANGE_START, RUN_UID};
 
 pub async fn run(target: &Target, name: &str) -> Result<ExitCode, CliError> {
@@ -19,13 +19,7 @@ pub async fn run(target: &Target, name: &str) -> Result<ExitCode, CliError> {
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(api_error)?;
-    let worker = run
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|spec| worker_index(spec).map(|i| spec.containers[i].name.clone()))
-        .unwrap_or_else(|| "worker".into());
+    let worker = worker_container(&run);
     let failed: Vec<&Pod> = list
         .items
         .iter()

@@ -7,7 +7,7 @@ use kube::ResourceExt;
 use serde::Serialize;
 
 use super::client::{CliError, Target};
-use super::format::{Output, phase, progress};
+use super::format::{Output, failures, phase, progress};
 use crate::api::{Aggregate, BatchRun, FailureRecord};
 
 /// The machine-readable results of a run (the `-o json|yaml` shape).
@@ -92,15 +92,6 @@ fn table(r: &Results) -> String {
     for location in &outputs.first {
         let _ = writeln!(out, "  {location}");
     }
-    if !r.failures.is_empty() {
-        let _ = writeln!(out, "Failures (most recent):");
-        for f in &r.failures {
-            let _ = writeln!(
-                out,
-                "  records {} attempt {}: {}: {}",
-                f.range, f.attempt, f.reason, f.message
-            );
-        }
-    }
+    out.push_str(&failures("Failures (most recent):", &r.failures));
     out
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use kube::ResourceExt;
 
 use super::client::{CliError, Target, api_error};
-use super::format::{age, phase, progress, table};
+use super::format::{age, failures, phase, progress, table};
 use crate::api::BatchRun;
 
 pub async fn run(target: &Target, name: Option<&str>) -> Result<ExitCode, CliError> {
@@ -122,16 +122,7 @@ pub fn detail(run: &BatchRun, now: jiff::Timestamp) -> String {
             let _ = writeln!(out, "  {line}");
         }
     }
-    if !status.failures.is_empty() {
-        let _ = writeln!(out, "Recent failures:");
-        for f in &status.failures {
-            let _ = writeln!(
-                out,
-                "  records {} attempt {}: {}: {}",
-                f.range, f.attempt, f.reason, f.message
-            );
-        }
-    }
+    out.push_str(&failures("Recent failures:", &status.failures));
     out
 }
 

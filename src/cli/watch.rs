@@ -17,7 +17,7 @@ use kube::api::ListParams;
 use super::client::{CliError, Target, api_error};
 use super::format::{finished, phase, progress};
 use crate::api::{BatchRun, Phase, memory_bytes};
-use crate::controller::job::worker_index;
+use crate::controller::job::worker_container;
 use crate::controller::labels::RUN_UID;
 use crate::guard::prometheus::{Prometheus, PrometheusFlags};
 use crate::guard::promql::{MemoryMetric, worker_memory_query};
@@ -182,13 +182,7 @@ async fn workers(
     if running.is_empty() {
         return Ok("0 workers".into());
     }
-    let container = run
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|spec| worker_index(spec).map(|i| spec.containers[i].name.clone()))
-        .unwrap_or_else(|| "worker".into());
+    let container = worker_container(run);
     let limit = memory_bytes(&run.spec.resources.memory.limit).unwrap_or(0) as f64;
     let memory = match prometheus {
         Some(prometheus) if limit > 0.0 => {

@@ -44,6 +44,16 @@ pub fn worker_index(spec: &PodSpec) -> Option<usize> {
         .or((!spec.containers.is_empty()).then_some(0))
 }
 
+/// The name of a run's worker container (empty when the template has no container).
+pub fn worker_container(run: &BatchRun) -> String {
+    run.spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|pod| worker_index(pod).map(|i| pod.containers[i].name.clone()))
+        .unwrap_or_default()
+}
+
 pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
     let name = run.name_any();
     let uid = run.uid().ok_or(JobError::NoUid)?;

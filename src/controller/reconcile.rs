@@ -14,7 +14,7 @@ use kube::{Api, ResourceExt};
 use tracing::{Instrument, info_span};
 
 use super::executor::{execute, release_finalizer};
-use super::job::{build_job, worker_index};
+use super::job::{build_job, worker_container};
 use super::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER, RETRY_FAILED, RUN_UID};
 use super::queue_usage::pod_memory_bytes;
 use super::queues::{QueueEntry, budget_of, created, members};
@@ -53,13 +53,7 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
     let run = api.get(&cached.name_any()).await?;
     let uid = run.uid().unwrap_or_default();
     let namespace = run.namespace().ok_or(Error::NoNamespace)?;
-    let worker = run
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|pod| worker_index(pod).map(|i| pod.containers[i].name.clone()))
-        .unwrap_or_default();
+    let worker = worker_container(&run);
     let jobs = ctx.jobs.state();
     let pods = ctx.pods.state();
     let owned =

@@ -237,6 +237,42 @@ where
     }
 }
 
+/// A BatchRun of records `[0, end)` in batches of `batch_size`, `parallelism` at a time, whose
+/// workers (64Mi request, 128Mi limit) follow the `sim.batchguard.dev/*` `annotations`
+/// (YAML map entries); `extra` is more of the spec, indented by two spaces.
+pub fn sim_run(
+    name: &str,
+    end: u64,
+    batch_size: u64,
+    parallelism: u32,
+    annotations: &str,
+    extra: &str,
+) -> BatchRun {
+    batch_run(&format!(
+        r#"
+apiVersion: batchguard.dev/v1alpha1
+kind: BatchRun
+metadata:
+  name: {name}
+spec:
+  input:
+    range: {{start: 0, end: {end}}}
+    batchSize: {batch_size}
+  parallelism: {parallelism}
+  template:
+    metadata:
+      annotations: {{{annotations}}}
+    spec:
+      containers:
+        - name: worker
+          image: registry.example/etl:2
+  resources:
+    memory: {{request: 64Mi, limit: 128Mi}}
+{extra}
+"#
+    ))
+}
+
 /// A BatchRun manifest from YAML text.
 pub fn batch_run(yaml: &str) -> BatchRun {
     serde_yaml::from_str(yaml).expect("a valid BatchRun manifest")
