@@ -176,8 +176,25 @@ async fn a_failed_run_exits_1_shows_its_failures_and_retries_to_success() {
         said.contains("Retry requested for records 200-399"),
         "{said}"
     );
-    let (code, stdout, _) = text(&watch(&ns, "ledger").await);
+    // This time on a terminal (util-linux `script` gives it one): the progress bar.
+    let command = format!(
+        "{} -n {ns} watch ledger",
+        env!("CARGO_BIN_EXE_kubectl-batchguard")
+    );
+    let on_terminal = tokio::task::spawn_blocking(move || {
+        Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .output()
+            .expect("script runs")
+    })
+    .await
+    .unwrap();
+    let (code, stdout, _) = text(&on_terminal);
     assert_eq!(code, 0, "the retried run succeeds: {stdout}");
+    assert!(
+        stdout.contains("/400 records") && stdout.contains('\u{1b}'),
+        "a drawn progress bar: {stdout}"
+    );
     assert!(stdout.contains("RetryRequested"), "{stdout}");
     let run = setup.runs.get("ledger").await.unwrap();
     let status = run.status.unwrap();

@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::ResourceExt;
 use kube::api::ListParams;
@@ -39,7 +39,8 @@ pub async fn run(
     let (start_done, total) = progress(&first);
     let started = Instant::now();
     let bar = std::io::stdout().is_terminal().then(|| {
-        let bar = ProgressBar::new(total);
+        // On stdout, with the plain lines, whatever stderr is.
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
         bar.set_style(
             ProgressStyle::with_template(
                 "{bar:40.cyan/blue} {pos}/{len} records  {per_sec}  ETA {eta}\n{msg}",
