@@ -8,6 +8,31 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::Phase;
 
+/// A condition whose transition time is kept from `previous` while its status stays the same.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
 /// Where a run stands, with the words users will read.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RunState {
@@ -74,19 +99,15 @@ impl RunState {
             ),
         };
         let make = |type_: &str, (status, reason, message): (&str, &str, &String)| {
-            let since = previous
-                .iter()
-                .find(|c| c.type_ == type_ && c.status == status)
-                .map(|c| c.last_transition_time.clone())
-                .unwrap_or(Time(now));
-            Condition {
-                type_: type_.to_string(),
-                status: status.to_string(),
-                reason: reason.to_string(),
-                message: message.clone(),
-                observed_generation: Some(generation),
-                last_transition_time: since,
-            }
+            condition(
+                previous,
+                type_,
+                status,
+                reason,
+                message,
+                Some(generation),
+                now,
+            )
         };
         let mut conditions = vec![
             make("Ready", ready),

@@ -496,19 +496,15 @@ fn memory_condition(
             }
         }
     };
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == "MemoryPressure" && c.status == value)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(observed.now));
-    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-        type_: "MemoryPressure".into(),
-        status: value.into(),
-        reason,
-        message,
-        observed_generation: Some(observed.generation),
-        last_transition_time: since,
-    }
+    super::condition(
+        previous,
+        "MemoryPressure",
+        value,
+        &reason,
+        &message,
+        Some(observed.generation),
+        observed.now,
+    )
 }
 
 /// `Queued`: True while batches of the run wait for room in its BatchQueue, with what they
@@ -535,17 +531,13 @@ fn queued_condition(
             ),
         ),
     };
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == "Queued" && c.status == value)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(observed.now));
-    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-        type_: "Queued".into(),
-        status: value.into(),
-        reason,
-        message,
-        observed_generation: Some(observed.generation),
-        last_transition_time: since,
-    }
+    super::condition(
+        previous,
+        "Queued",
+        value,
+        &reason,
+        &message,
+        Some(observed.generation),
+        observed.now,
+    )
 }
