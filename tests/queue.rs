@@ -163,7 +163,7 @@ async fn a_burst_of_runs_shares_the_budget_fairly_and_never_exceeds_it() {
     )
     .await;
     assert!(
-        queued.message.contains("wait for queue month-end") && queued.message.contains("of 384Mi"),
+        queued.message.contains(" for queue month-end: ") && queued.message.contains("of 384Mi"),
         "{}",
         queued.message
     );
