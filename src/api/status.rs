@@ -67,6 +67,14 @@ pub struct BatchRunStatus {
     pub retried_failed: Option<String>,
 }
 
+impl BatchRunStatus {
+    /// Records done and all records, read back from `progress` (`done/total`).
+    pub fn progress_counts(&self) -> Option<(u64, u64)> {
+        let (done, total) = self.progress.as_deref()?.split_once('/')?;
+        Some((done.parse().unwrap_or(0), total.parse().unwrap_or(0)))
+    }
+}
+
 /// The lifecycle phase of a run.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum Phase {

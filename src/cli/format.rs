@@ -68,17 +68,10 @@ pub fn finished(run: &BatchRun) -> Option<Phase> {
 
 /// Records done and all records, from `status.progress` ("done/total").
 pub fn progress(run: &BatchRun) -> (u64, u64) {
-    let text = run
-        .status
+    run.status
         .as_ref()
-        .and_then(|s| s.progress.clone())
-        .unwrap_or_default();
-    let mut parts = text.split('/').map(|p| p.parse::<u64>().unwrap_or(0));
-    let done = parts.next().unwrap_or(0);
-    let total = parts
-        .next()
-        .unwrap_or_else(|| crate::plan::universe(&run.spec).len());
-    (done, total)
+        .and_then(|s| s.progress_counts())
+        .unwrap_or_else(|| (0, crate::plan::universe(&run.spec).len()))
 }
 
 /// `Heading:` and one indented line per failed attempt; nothing when there is none.

@@ -15,7 +15,7 @@ use serde_json::json;
 use super::events::event_for;
 use super::job::build_job;
 use super::labels::RESULT_FINALIZER;
-use super::queue_usage::pod_memory_bytes;
+use super::queue_usage::job_memory_bytes;
 use super::queues::QueueEntry;
 use super::{Context, Error};
 use crate::api::BatchRun;
@@ -56,12 +56,7 @@ pub async fn execute(
             }
             Err(e) => return Err(e.into()),
         }
-        let (done, records) = status
-            .progress
-            .as_deref()
-            .and_then(|p| p.split_once('/'))
-            .map(|(d, t)| (d.parse().unwrap_or(0), t.parse().unwrap_or(0)))
-            .unwrap_or((0, 0));
+        let (done, records) = status.progress_counts().unwrap_or((0, 0));
         let phase = status.phase.map(|p| format!("{p:?}")).unwrap_or_default();
         ctx.metrics.observe_run(
             &namespace,
@@ -116,13 +111,8 @@ pub async fn execute(
                 };
                 let job_name = job.name_any();
                 if let Some(queue) = queue {
-                    let bytes = job
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.template.spec.as_ref())
-                        .map(pod_memory_bytes)
-                        .unwrap_or(0);
                     let run = run.uid().unwrap_or_default();
+                    let bytes = job_memory_bytes(&job);
                     queue.expect(&job_name, Holding { run, bytes });
                 }
                 ctx.metrics.count_request("create", "jobs");

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
@@ -16,7 +15,7 @@ use super::queues::{budget_of, members};
 use super::{Context, Error};
 use crate::api::{BatchQueue, BatchQueueStatus, WaitingRun, bytes_quantity};
 use crate::metrics::QueueUsage;
-use crate::plan::{Shares, share};
+use crate::plan::{Shares, condition, share};
 
 /// How often a queue's figures are refreshed.
 const REFRESH: Duration = Duration::from_secs(2);
@@ -53,7 +52,15 @@ pub async fn reconcile(queue: Arc<BatchQueue>, ctx: Arc<Context>) -> Result<Acti
         }
         Err(message) => BatchQueueStatus {
             observed_generation: generation,
-            conditions: vec![condition(&old, "Ready", "False", "InvalidSpec", &message)],
+            conditions: vec![condition(
+                &old.conditions,
+                "Ready",
+                "False",
+                "InvalidSpec",
+                &message,
+                None,
+                Timestamp::now(),
+            )],
             ..old.clone()
         },
     };
@@ -95,20 +102,22 @@ fn queue_status(
         )
     };
     let conditions = vec![
-        condition_at(
-            old,
+        condition(
+            &old.conditions,
             "Ready",
             "True",
             "Valid",
             "the queue admits batches",
+            None,
             now,
         ),
-        condition_at(
-            old,
+        condition(
+            &old.conditions,
             "Saturated",
             saturated.0,
             saturated.1,
             &saturated.2,
+            None,
             now,
         ),
     ];
@@ -131,28 +140,6 @@ fn queue_status(
             .collect(),
         conditions,
     }
-}
-
-fn condition(
-    old: &BatchQueueStatus,
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: &str,
-) -> Condition {
-    condition_at(old, type_, status, reason, message, Timestamp::now())
-}
-
-/// A condition that keeps its transition time while its status stays the same.
-fn condition_at(
-    old: &BatchQueueStatus,
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: &str,
-    now: Timestamp,
-) -> Condition {
-    crate::plan::condition(&old.conditions, type_, status, reason, message, None, now)
 }
 
 #[cfg(test)]

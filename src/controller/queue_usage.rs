@@ -27,6 +27,15 @@ pub fn pod_memory_bytes(spec: &PodSpec) -> u64 {
     running.max(init.unwrap_or(0))
 }
 
+/// Memory the pod of a Job will hold (0 for a Job without a pod template spec).
+pub fn job_memory_bytes(job: &Job) -> u64 {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(pod_memory_bytes)
+        .unwrap_or(0)
+}
+
 /// A pod holds memory until all its containers have ended, terminating or not.
 fn holds_memory(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());

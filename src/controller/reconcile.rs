@@ -16,7 +16,7 @@ use tracing::{Instrument, info_span};
 use super::executor::{execute, release_finalizer};
 use super::job::{build_job, worker_container};
 use super::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER, RETRY_FAILED, RUN_UID};
-use super::queue_usage::pod_memory_bytes;
+use super::queue_usage::job_memory_bytes;
 use super::queues::{QueueEntry, budget_of, created, members};
 use super::{Context, Error, observe};
 use crate::api::BatchRun;
@@ -185,12 +185,7 @@ fn check_spec(run: &BatchRun) -> Result<u64, String> {
         return Err("spec.input holds no records".into());
     };
     let job = build_job(run, &Launch { range, attempt: 1 }).map_err(|e| e.to_string())?;
-    Ok(job
-        .spec
-        .and_then(|s| s.template.spec)
-        .as_ref()
-        .map(pod_memory_bytes)
-        .unwrap_or(0))
+    Ok(job_memory_bytes(&job))
 }
 
 /// A deleted run releases its worker pods (they hold the result finalizer) and its Jobs.
