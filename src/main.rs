@@ -68,8 +68,8 @@ struct Flags {
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     telemetry::init(flags.log_format);
-    // Both kube and the Prometheus client bring rustls; one process-wide provider avoids a
-    // run-time panic when the first TLS connection picks between them.
+    // kube and the Prometheus client share rustls with ring alone (Cargo.toml); reqwest is
+    // built without a provider of its own and uses this process-wide one.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let client = Client::try_default().await?;

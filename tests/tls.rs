@@ -1,7 +1,7 @@
-//! kube (rustls with ring) and the Prometheus client (reqwest's rustls with aws-lc-rs) in one
-//! process: with the provider installed as the operator does at start, both build and use an
-//! https client without the "Could not automatically determine the process-level
-//! CryptoProvider" panic.
+//! One TLS stack for the whole process: kube and the Prometheus client (reqwest) both use
+//! rustls with ring, the provider installed process-wide as the operator does at start, and
+//! both build and use an https client. Cargo.lock holds no second crypto provider (aws-lc-rs)
+//! and no HTTP/3 stack (quinn), which a default feature of reqwest would bring back.
 
 use batchguard::guard::prometheus::{Prometheus, PrometheusFlags};
 
@@ -30,4 +30,21 @@ async fn kube_and_prometheus_clients_share_one_tls_provider() {
         .await
         .expect_err("nothing listens on port 1");
     assert!(err.to_string().contains("query failed"), "{err}");
+}
+
+#[test]
+fn the_lockfile_holds_one_crypto_provider_and_no_http3() {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    let packages: Vec<&str> = lock
+        .lines()
+        .filter_map(|l| l.strip_prefix("name = \""))
+        .map(|l| l.trim_end_matches('"'))
+        .collect();
+    assert!(packages.contains(&"ring"));
+    for unwanted in ["aws-lc-rs", "aws-lc-sys", "quinn", "h3", "openssl-sys"] {
+        assert!(
+            !packages.contains(&unwanted),
+            "{unwanted} is in Cargo.lock: check the features of kube, reqwest and prometheus-http-query"
+        );
+    }
 }

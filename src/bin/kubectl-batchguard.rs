@@ -6,7 +6,7 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // kube brings rustls, as does the Prometheus client: one process-wide provider.
+    // kube and the Prometheus client share rustls with ring, installed process-wide.
     let _ = rustls::crypto::ring::default_provider().install_default();
     batchguard::cli::main(batchguard::cli::Cli::parse()).await
 }
