@@ -12,6 +12,7 @@ use std::time::Duration;
 use batchguard::api::{BatchRun, Phase};
 use kube::Api;
 use kube::api::PostParams;
+use serde::Deserialize;
 use serde_json::Value;
 use support::*;
 
@@ -49,6 +50,20 @@ fn template(extra: &[&str]) -> String {
     out
 }
 
+/// The documents of a rendered chart.
+fn docs(rendered: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(rendered)
+        .filter_map(|doc| Value::deserialize(doc).ok())
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
 async fn namespace(client: &kube::Client, name: &str) {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let ns = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
@@ -59,12 +74,14 @@ async fn namespace(client: &kube::Client, name: &str) {
 async fn the_chart_lints_and_renders_for_the_server() {
     let client = client().await;
     install_crd(&client).await;
-    let (ok, out, err) = helm(&["lint", "--strict", CHART]);
-    assert!(ok, "helm lint --strict: {out}{err}");
+    let all = format!("{CHART}/ci/all-features-values.yaml");
+    for values in [vec![], vec!["-f", all.as_str()]] {
+        let (ok, out, err) = helm(&[&["lint", "--strict", CHART][..], &values[..]].concat());
+        assert!(ok, "helm lint --strict {values:?}: {out}{err}");
+    }
     for ns in ["batchguard-system", "team-a", "team-b", "monitoring"] {
         namespace(&client, ns).await;
     }
-    let all = format!("{CHART}/ci/all-features-values.yaml");
     for rendered in [template(&[]), template(&["-f", &all])] {
         let (ok, out, err) = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
         assert!(ok, "the server refused the rendered chart: {err}\n{out}");
@@ -84,6 +101,59 @@ async fn the_chart_lints_and_renders_for_the_server() {
         "monitoring.coreos.com/v1/ServiceMonitor",
     ]);
     assert!(with_api.contains("kind: ServiceMonitor"));
+    let forced = docs(&template(&[
+        "-f",
+        &all,
+        "--set",
+        "serviceMonitor.force=true,prometheusRule.force=true",
+    ]));
+    assert_eq!(
+        kind(&forced, "ServiceMonitor")["spec"]["endpoints"][0]["port"],
+        "metrics",
+        "force renders it for helm template and GitOps renderers"
+    );
+    kind(&forced, "PrometheusRule");
+
+    // The values platform teams set, as the all-features file sets them.
+    let deployment = kind(&forced, "Deployment");
+    let pod = &deployment["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args.last(),
+        Some(&"--lease-name=batchguard-ci-leader"),
+        "extraArgs come last: {args:?}"
+    );
+    assert!(
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "NO_PROXY")
+    );
+    assert!(
+        container["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("ghcr.io/batchguard/batchguard@sha256:"),
+        "image.digest pins the image: {}",
+        container["image"]
+    );
+    assert_eq!(pod["metadata"]["labels"]["team"], "data");
+    assert_eq!(
+        pod["metadata"]["labels"]["app.kubernetes.io/name"], "batchguard",
+        "podLabels cannot take the selector labels"
+    );
+    assert_eq!(pod["spec"]["priorityClassName"], "batch-critical");
+    assert_eq!(
+        pod["spec"]["topologySpreadConstraints"][0]["topologyKey"],
+        "topology.kubernetes.io/zone"
+    );
     assert!(
         with_api.contains("--leader-election"),
         "two replicas elect a leader"
@@ -121,6 +191,11 @@ fn the_schema_refuses_bad_values_with_clear_messages() {
             "serviceMonitor.enable=true",
             "additional properties 'enable' not allowed",
         ),
+        ("image.digest=latest", "at '/image/digest'"),
+        (
+            "crds.instal=false",
+            "additional properties 'instal' not allowed",
+        ),
     ];
     for (set, expected) in cases {
         let (ok, _, err) = helm(&[
@@ -142,19 +217,77 @@ fn the_schema_refuses_bad_values_with_clear_messages() {
             "--set {set}: expected {expected:?} in {err}"
         );
     }
+    // A parent chart's globals reach every subchart: the schema lets them through.
+    template(&["--set", "global.imageRegistry=registry.example.com"]);
 }
 
 #[test]
 fn the_chart_ships_the_generated_crds() {
     for file in ["batchrun.yaml", "batchqueue.yaml"] {
-        let chart = std::fs::read_to_string(format!("{CHART}/crds/{file}")).unwrap();
+        let chart = std::fs::read_to_string(format!("{CHART}/files/crds/{file}")).unwrap();
         let generated =
             std::fs::read_to_string(format!("{}/crds/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
         assert!(
             chart == generated,
-            "charts/batchguard/crds is stale: cp crds/{file} charts/batchguard/crds/"
+            "charts/batchguard/files/crds is stale: cp crds/{file} charts/batchguard/files/crds/"
         );
     }
+    assert!(
+        !Path::new(&format!("{CHART}/crds")).exists(),
+        "no crds/ directory: Helm would install it once and never upgrade it"
+    );
+}
+
+#[test]
+fn the_chart_renders_its_crds_for_helm_upgrade_and_keeps_them() {
+    let crds: Vec<Value> = docs(&template(&[]))
+        .into_iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .collect();
+    let mut names: Vec<&str> = crds
+        .iter()
+        .map(|c| c["metadata"]["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["batchqueues.batchguard.dev", "batchruns.batchguard.dev"]
+    );
+    for crd in &crds {
+        let name = crd["metadata"]["name"].as_str().unwrap();
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "{name} survives helm uninstall"
+        );
+        assert_eq!(
+            crd["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "Helm"
+        );
+        let kind = name.split('.').next().unwrap().trim_end_matches('s');
+        let generated: Value = serde_yaml::from_str(
+            &std::fs::read_to_string(format!("{}/crds/{kind}.yaml", env!("CARGO_MANIFEST_DIR")))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            crd["spec"], generated["spec"],
+            "{name}: the generated spec, unchanged"
+        );
+    }
+    let without = docs(&template(&["--set", "crds.install=false"]));
+    assert!(
+        !without
+            .iter()
+            .any(|d| d["kind"] == "CustomResourceDefinition"),
+        "crds.install=false renders no CRD"
+    );
+    let dropped = docs(&template(&["--set", "crds.keep=false"]));
+    assert!(
+        dropped
+            .iter()
+            .any(|d| d["kind"] == "CustomResourceDefinition"
+                && d["metadata"]["annotations"]["helm.sh/resource-policy"].is_null())
+    );
 }
 
 #[tokio::test]
@@ -164,6 +297,7 @@ async fn the_chart_rbac_runs_a_batch_run_and_nothing_more_and_uninstalls_cleanly
     let operator_ns = TestNamespace::new(&client, "helm-op").await;
     let work = TestNamespace::new(&client, "helm-work").await;
     let release = "bg";
+    // The CRDs are the cluster's, shared by every test: this release leaves them alone.
     let (ok, _, err) = helm(&[
         "install",
         release,
@@ -172,6 +306,8 @@ async fn the_chart_rbac_runs_a_batch_run_and_nothing_more_and_uninstalls_cleanly
         &operator_ns.name,
         "--set",
         &format!("watchNamespaces={{{}}}", work.name),
+        "--set",
+        "crds.install=false",
         "--wait=false",
     ]);
     assert!(ok, "helm install: {err}");
@@ -286,6 +422,8 @@ async fn the_chart_rbac_runs_a_batch_run_and_nothing_more_and_uninstalls_cleanly
         &operator_ns.name,
         "--set",
         &format!("watchNamespaces={{{}}}", work.name),
+        "--set",
+        "crds.install=false",
         "--set",
         "replicas=2",
         "--set",

@@ -46,3 +46,32 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   resources: ["events"]
   verbs: ["create", "patch"]                      # Events, patched when they repeat
 {{- end -}}
+
+{{/* Labels and annotations of the CRDs: kept on uninstall unless crds.keep is false. */}}
+{{- define "batchguard.crdMetadata" -}}
+labels:
+  app.kubernetes.io/name: {{ .Chart.Name }}
+  app.kubernetes.io/part-of: batchguard
+  app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+  app.kubernetes.io/managed-by: {{ .Release.Service }}
+  helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- if .Values.crds.keep }}
+annotations:
+  helm.sh/resource-policy: keep
+{{- end }}
+{{- end -}}
+
+{{/* The operator image: by digest when one is given, else by tag (default: appVersion). */}}
+{{- define "batchguard.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{- end -}}
+{{- end -}}
+
+{{/* Render a monitoring.coreos.com/v1 kind: when its API is served, or when forced (helm template, GitOps renderers). */}}
+{{- define "batchguard.monitoringApi" -}}
+{{- $kind := index . 0 -}}{{- $values := index . 1 -}}{{- $ctx := index . 2 -}}
+{{- if and $values.enabled (or $values.force ($ctx.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" $kind))) -}}true{{- end -}}
+{{- end -}}
