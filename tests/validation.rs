@@ -232,7 +232,12 @@ async fn every_example_passes_server_side_validation() {
     install_crd(&client).await;
     let ns = TestNamespace::new(&client, "examples").await;
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/");
-    for file in ["payroll.yaml", "routing.yaml", "month-end.yaml"] {
+    for file in [
+        "payroll.yaml",
+        "payroll-kwok.yaml",
+        "routing.yaml",
+        "month-end.yaml",
+    ] {
         let path = format!("{dir}{file}");
         let (ok, stdout, stderr) = kubectl(
             &["apply", "--dry-run=server", "-n", &ns.name, "-f", &path],
