@@ -17,9 +17,6 @@ use support::*;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/batchguard");
 
-/// The commit whose chart is the previous version: 0.1.0, with the CRD in crds/.
-const PREVIOUS_CHART: &str = "77f5e25a4c6e59787a268694e9e9ad318b14e576";
-
 /// Runs helm; its stdout, or what it said on stderr.
 fn run_helm(args: &[&str]) -> Result<String, String> {
     let out = Command::new("helm")
@@ -309,7 +306,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Untars an archive (the previous chart from git, or the packaged one) into `dir`.
+/// Untars an archive (the previous chart's fixture, or the packaged one) into `dir`.
 fn untar(archive: &[u8], gzip: bool, dir: &Path) {
     use std::io::Write;
     let mut tar = Command::new("tar")
@@ -348,19 +345,18 @@ async fn a_release_of_the_previous_chart_upgrades_its_crds_and_keeps_the_runs() 
     // Unique, since the previous chart's ClusterRole is named after the release.
     let release = ns.name.as_str();
 
-    // The previous chart, from git history.
+    // The previous chart (0.1.0, CRDs in crds/): `git archive 77f5e25 charts/batchguard`, kept
+    // as a fixture so the test also runs in a shallow clone.
     let old = scratch("previous-chart");
-    let archive = Command::new("git")
-        .args(["archive", PREVIOUS_CHART, "charts/batchguard"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("git");
-    assert!(
-        archive.status.success(),
-        "the previous chart comes from git history (a full clone, not a shallow one): {}",
-        String::from_utf8_lossy(&archive.stderr)
+    let archive = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/chart-batchguard-0.1.0.tar.gz"
     );
-    untar(&archive.stdout, false, &old);
+    untar(
+        &std::fs::read(archive).expect("the previous chart's fixture"),
+        true,
+        &old,
+    );
     let old_chart = old.join("charts/batchguard");
     assert!(
         old_chart.join("crds/batchrun.yaml").exists(),

@@ -279,6 +279,7 @@ async fn the_helm_installed_operator_runs_as_a_restricted_pod_and_completes_a_ru
     let values = format!(
         r#"
 image: {{repository: "{repository}", tag: "{tag}", pullPolicy: Never}}
+crds: {{install: false}}
 leaderElection: true
 watchNamespaces: ["{work}"]
 logFormat: text
