@@ -1,7 +1,8 @@
 //! How fast the Prometheus memory guard reacts to real memory, on the local cluster's real node.
 //!
 //! Run with the cluster up (as root, so it has its real node):
-//! `eval "$(tests/cluster/up)" && cargo bench --bench guard_reaction`.
+//! `eval "$(tests/cluster/up)" && cargo bench --workspace --bench guard_reaction` (`--workspace`:
+//! the same feature resolution as the test build, so nothing is compiled again).
 //! Knobs (env): BENCH_RATES (MiB/s, "5,10,20"), BENCH_REPS (5), BENCH_LIMIT_MIB (256),
 //! BENCH_THRESHOLD (85), BENCH_OUT (benches/results).
 //!
