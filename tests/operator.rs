@@ -258,17 +258,32 @@ async fn failed_batches_are_retried_and_reported_past_max_attempts() {
         Some("True")
     );
 
+    // Events are written after the status that they describe: wait for them (on a busy machine
+    // a second or two later), and say which ones never came.
     let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|e| e.reason.clone())
-        .collect();
-    assert!(reasons.iter().any(|r| r == "BatchFailed"), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r == "RunFailed"), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r == "RunSucceeded"), "{reasons:?}");
+    let expected = ["BatchFailed", "RunFailed", "RunSucceeded"];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reasons: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.reason.clone())
+            .collect();
+        let missing: Vec<&str> = expected
+            .into_iter()
+            .filter(|r| !reasons.iter().any(|seen| seen == r))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {missing:?} Event: {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test]
