@@ -12,6 +12,13 @@ LIMIT = 100 * MIB
 AT_85 = 85 * MIB  # exactly 85% of LIMIT
 
 
+def write(path, text):
+    """Replaces a file at once, as the kernel's cgroup files read: never seen half-written."""
+    staged = path.with_name("." + path.name + ".new")
+    staged.write_text(text)
+    staged.replace(path)
+
+
 class FakeCgroup:
     """A cgroup directory whose working set a test sets: usage is `working_set + cache`, with
     `cache` bytes of inactive file pages that the guard must not count."""
@@ -21,32 +28,31 @@ class FakeCgroup:
         self.dir = root if version == 2 else root / "memory"
         self.dir.mkdir(parents=True, exist_ok=True)
         if version == 2:
-            (self.dir / "memory.max").write_text("max\n" if limit is None else f"{limit}\n")
-            (self.dir / "memory.pressure").write_text(
-                "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
-            )
+            write(self.dir / "memory.max", "max\n" if limit is None else f"{limit}\n")
+            self.stall(0)
         else:
-            (self.dir / "memory.limit_in_bytes").write_text(
-                f"{9223372036854771712 if limit is None else limit}\n"
-            )
+            unlimited = 9223372036854771712
+            write(self.dir / "memory.limit_in_bytes", f"{unlimited if limit is None else limit}\n")
         self.set(0)
 
     def set(self, working_set):
         usage = working_set + self.cache
         if self.version == 2:
-            (self.dir / "memory.stat").write_text(f"anon {working_set}\nfile {self.cache}\ninactive_file {self.cache}\n")
-            (self.dir / "memory.current").write_text(f"{usage}\n")
+            write(self.dir / "memory.stat", f"anon {working_set}\nfile {self.cache}\ninactive_file {self.cache}\n")
+            write(self.dir / "memory.current", f"{usage}\n")
         else:
-            (self.dir / "memory.stat").write_text(
+            write(
+                self.dir / "memory.stat",
                 f"cache {self.cache}\nrss {working_set}\ninactive_file {self.cache}\n"
-                f"total_cache {self.cache}\ntotal_rss {working_set}\ntotal_inactive_file {self.cache}\n"
+                f"total_cache {self.cache}\ntotal_rss {working_set}\ntotal_inactive_file {self.cache}\n",
             )
-            (self.dir / "memory.usage_in_bytes").write_text(f"{usage}\n")
+            write(self.dir / "memory.usage_in_bytes", f"{usage}\n")
 
     def stall(self, total_us):
-        (self.dir / "memory.pressure").write_text(
+        write(
+            self.dir / "memory.pressure",
             "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
-            f"full avg10=0.00 avg60=0.00 avg300=0.00 total={total_us}\n"
+            f"full avg10=0.00 avg60=0.00 avg300=0.00 total={total_us}\n",
         )
 
 
