@@ -1,5 +1,5 @@
-//! Events users care about: failed, resumed and OOM-killed batches, retries users asked
-//! for, and the run's end.
+//! Events users care about: failed, resumed, drained and OOM-killed batches, retries users
+//! asked for, and the run's end.
 //! Successful batches are not announced one by one.
 
 use kube::runtime::events::{Event, EventType};
@@ -66,6 +66,26 @@ pub fn event_for(notice: &Notice) -> Option<Event> {
                         .join(" and ")
                 ),
                 "Continue",
+            )),
+            Settled::DrainedInProcess {
+                seen,
+                remainder,
+                pieces,
+            } => Some(event(
+                EventType::Warning,
+                "Drained",
+                format!(
+                    "records {range} attempt {attempt} was stopped by the worker's in-process guard at {}% of its {} MiB limit (working set {} MiB); records {remainder} continue as {}",
+                    seen.percent(),
+                    seen.limit_bytes >> 20,
+                    seen.working_set_bytes >> 20,
+                    pieces
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+                "Drain",
             )),
             Settled::FailedForGood { reason, message } => Some(event(
                 EventType::Warning,
