@@ -373,3 +373,43 @@ pub fn service_account_kubeconfig(token: &str, path: &std::path::Path) {
     });
     std::fs::write(path, serde_yaml::to_string(&config).unwrap()).unwrap();
 }
+
+/// The local cluster's real node (kubelet + containerd) and the images imported into it, from
+/// the exports of `tests/cluster/up`. Tests that need real containers fail, saying why, when
+/// it is missing: they are never skipped silently.
+pub struct RealNode {
+    pub name: String,
+    pub worker_image: String,
+    pub rust_worker_image: String,
+    pub operator_image: String,
+}
+
+impl RealNode {
+    pub fn from_env() -> Self {
+        let var = |name: &str| match std::env::var(name) {
+            Ok(value) if !value.is_empty() => value,
+            _ => panic!(
+                "{name} is not set: this test needs the local cluster's real node, which \
+                 `tests/cluster/up` starts only when run as root on Linux with a non-loopback \
+                 address (see tests/cluster/README.md); then `eval \"$(tests/cluster/up)\"`"
+            ),
+        };
+        Self {
+            name: var("BATCHGUARD_REAL_NODE"),
+            worker_image: var("BATCHGUARD_WORKER_IMAGE"),
+            rust_worker_image: var("BATCHGUARD_RUST_WORKER_IMAGE"),
+            operator_image: var("BATCHGUARD_OPERATOR_IMAGE"),
+        }
+    }
+
+    /// The pod-spec lines (nodeSelector and toleration) that put a pod on the real node,
+    /// indented by `indent` spaces.
+    pub fn placement(&self, indent: usize) -> String {
+        let pad = " ".repeat(indent);
+        format!(
+            "{pad}nodeSelector: {{kubernetes.io/hostname: {name}}}\n\
+             {pad}tolerations: [{{key: batchguard.dev/real-node, operator: Exists, effect: NoSchedule}}]",
+            name = self.name
+        )
+    }
+}
