@@ -151,23 +151,35 @@ fn assert_exact(status: &BatchRunStatus) {
     );
 }
 
-#[tokio::test]
-async fn the_sdk_guard_checkpoints_a_fast_growing_worker_before_the_kernel_kills_it() {
+/// Runs the growing worker to the end in a namespace of its own, the exact aggregate checked.
+async fn run_to_the_end(prefix: &str, sdk_guard: &str) -> (Setup, BatchRunStatus) {
     let node = RealNode::from_env();
-    let Setup {
-        client,
-        ns,
-        operator,
-        runs,
-    } = Setup::new("inproc").await;
-    publish_sdk(&client, &ns.name).await;
-    runs.create(&PostParams::default(), &growing_run(&node, "guarded", "on"))
+    let setup = Setup::new(prefix).await;
+    publish_sdk(&setup.client, &setup.ns.name).await;
+    let run = growing_run(&node, "grow", sdk_guard);
+    setup
+        .runs
+        .create(&PostParams::default(), &run)
         .await
         .unwrap();
-
-    let run = wait_finished(&runs, "guarded", Duration::from_secs(300), &operator).await;
-    let status = run.status.clone().unwrap();
+    let timeout = Duration::from_secs(300);
+    let run = wait_finished(&setup.runs, "grow", timeout, &setup.operator).await;
+    let status = run.status.unwrap();
     assert_exact(&status);
+    (setup, status)
+}
+
+#[tokio::test]
+async fn the_sdk_guard_checkpoints_a_fast_growing_worker_before_the_kernel_kills_it() {
+    let (
+        Setup {
+            client,
+            ns,
+            operator,
+            ..
+        },
+        status,
+    ) = run_to_the_end("inproc", "on").await;
     assert_eq!(status.guard.oom_kills, 0, "{:?}", status.guard);
     assert!(status.failures.is_empty(), "{:?}", status.failures);
     assert!(
@@ -229,25 +241,8 @@ async fn the_sdk_guard_checkpoints_a_fast_growing_worker_before_the_kernel_kills
 
 #[tokio::test]
 async fn the_same_worker_without_the_sdk_guard_is_oom_killed() {
-    let node = RealNode::from_env();
-    let Setup {
-        client,
-        ns,
-        operator,
-        runs,
-    } = Setup::new("inproc-off").await;
-    publish_sdk(&client, &ns.name).await;
-    runs.create(
-        &PostParams::default(),
-        &growing_run(&node, "unguarded", "off"),
-    )
-    .await
-    .unwrap();
-
-    let run = wait_finished(&runs, "unguarded", Duration::from_secs(300), &operator).await;
-    let status = run.status.clone().unwrap();
+    let (Setup { client, ns, .. }, status) = run_to_the_end("inproc-off", "off").await;
     // The kernel kills the 40-record batches; their 20-record halves fit and complete.
-    assert_exact(&status);
     assert!(
         status.guard.oom_kills >= 1,
         "the Prometheus guard alone is too late for 27 MiB/s: {:?}",

@@ -59,11 +59,7 @@ pub fn event_for(notice: &Notice) -> Option<Event> {
                 "BatchContinued",
                 format!(
                     "records {range} attempt {attempt} was stopped by the memory guard ({action:?}); records {remainder} continue as {}",
-                    pieces
-                        .iter()
-                        .map(|p| p.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" and ")
+                    joined(pieces)
                 ),
                 "Continue",
             )),
@@ -79,11 +75,7 @@ pub fn event_for(notice: &Notice) -> Option<Event> {
                     seen.percent(),
                     seen.limit_bytes >> 20,
                     seen.working_set_bytes >> 20,
-                    pieces
-                        .iter()
-                        .map(|p| p.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" and ")
+                    joined(pieces)
                 ),
                 "Drain",
             )),
@@ -114,4 +106,9 @@ pub fn event_for(notice: &Notice) -> Option<Event> {
             "Retry",
         )),
     }
+}
+
+fn joined(pieces: &[crate::plan::RecordRange]) -> String {
+    let pieces: Vec<String> = pieces.iter().map(|p| p.to_string()).collect();
+    pieces.join(" and ")
 }
