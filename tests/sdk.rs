@@ -40,8 +40,12 @@ fn python_worker_output_is_read_by_the_operator() {
         .env("EXAMPLE_SECONDS_PER_CHUNK", "0.4")
         .spawn()
         .expect("python3 on PATH");
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    // A drain, as the memory guard sends it.
+    // A drain, as the memory guard sends it, once the worker listens for it (a `python3` that
+    // is a pyenv shim can take more than a second to get there on a busy machine).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !catches_sigterm(worker.id()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status()
@@ -57,4 +61,15 @@ fn python_worker_output_is_read_by_the_operator() {
     assert_eq!(result.done(range).len(), result.records);
     assert_eq!(result.outputs.len() as u64, result.records / 1000);
     assert!(result.sums["gross_pay"] > 0.0);
+}
+
+/// Whether process `pid` has a SIGTERM handler (bit 15 of SigCgt in /proc/PID/status).
+fn catches_sigterm(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << 14) != 0)
 }

@@ -1,5 +1,5 @@
-//! Events users care about: failed, resumed and OOM-killed batches, retries users asked
-//! for, and the run's end.
+//! Events users care about: failed, resumed, drained and OOM-killed batches, retries users
+//! asked for, and the run's end.
 //! Successful batches are not announced one by one.
 
 use kube::runtime::events::{Event, EventType};
@@ -59,13 +59,25 @@ pub fn event_for(notice: &Notice) -> Option<Event> {
                 "BatchContinued",
                 format!(
                     "records {range} attempt {attempt} was stopped by the memory guard ({action:?}); records {remainder} continue as {}",
-                    pieces
-                        .iter()
-                        .map(|p| p.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" and ")
+                    joined(pieces)
                 ),
                 "Continue",
+            )),
+            Settled::DrainedInProcess {
+                seen,
+                remainder,
+                pieces,
+            } => Some(event(
+                EventType::Warning,
+                "Drained",
+                format!(
+                    "records {range} attempt {attempt} was stopped by the worker's in-process guard at {}% of its {} MiB limit (working set {} MiB); records {remainder} continue as {}",
+                    seen.percent(),
+                    seen.limit_bytes >> 20,
+                    seen.working_set_bytes >> 20,
+                    joined(pieces)
+                ),
+                "Drain",
             )),
             Settled::FailedForGood { reason, message } => Some(event(
                 EventType::Warning,
@@ -94,4 +106,9 @@ pub fn event_for(notice: &Notice) -> Option<Event> {
             "Retry",
         )),
     }
+}
+
+fn joined(pieces: &[crate::plan::RecordRange]) -> String {
+    let pieces: Vec<String> = pieces.iter().map(|p| p.to_string()).collect();
+    pieces.join(" and ")
 }

@@ -202,6 +202,11 @@ fn count(ctx: &Context, notice: &Notice) {
         Settled::SplitAfterOom { .. } => "oom_killed",
         Settled::FailedForGood { .. } => "failed",
         Settled::Stopped { .. } => "stopped_by_guard",
+        Settled::DrainedInProcess { .. } => {
+            // The operator's guard counts its own actions when it takes them.
+            ctx.metrics.count_guard_action("DrainedInProcess");
+            "stopped_by_guard"
+        }
     };
     ctx.metrics.count_batch(result);
 }

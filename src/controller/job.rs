@@ -14,7 +14,7 @@ use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use super::labels::{KUEUE_QUEUE, QUEUE, RESULT_FINALIZER, batch_labels, job_name};
-use crate::api::{BatchRun, memory_bytes};
+use crate::api::{BatchRun, GuardAction, memory_bytes};
 use crate::plan::Launch;
 use crate::worker::env;
 
@@ -99,6 +99,11 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
         (env::ATTEMPT, launch.attempt.to_string()),
         (env::MEMORY_LIMIT_BYTES, limit_bytes.to_string()),
     ];
+    // The SDKs' in-process guard acts at the run's threshold; a run that only observes gets none.
+    if spec.memory_guard.action != GuardAction::Observe {
+        let threshold = spec.memory_guard.threshold.to_string();
+        environment.push((env::MEMORY_THRESHOLD_PERCENT, threshold));
+    }
     if let Some(items) = &spec.input.items {
         let slice = items
             .get(launch.range.start as usize..(launch.range.end as usize).min(items.len()))
@@ -271,6 +276,15 @@ mod tests {
             (2u64 << 30).to_string()
         );
         assert!(!env.contains_key("BATCHGUARD_ITEMS"));
+        assert_eq!(env["BATCHGUARD_MEMORY_THRESHOLD_PERCENT"], "85");
+    }
+
+    #[test]
+    fn a_run_that_only_observes_gives_the_sdk_guard_no_threshold() {
+        let mut run = run(None);
+        run.spec.memory_guard.action = GuardAction::Observe;
+        let job = build_job(&run, &launch()).unwrap();
+        assert!(!env_of(&job).contains_key("BATCHGUARD_MEMORY_THRESHOLD_PERCENT"));
     }
 
     #[test]

@@ -170,7 +170,7 @@ mod tests {
             records,
             sums: BTreeMap::from([("amount".to_string(), sum)]),
             outputs: outputs.iter().map(|s| s.to_string()).collect(),
-            resume_from: None,
+            ..Default::default()
         }
     }
 

@@ -5,7 +5,7 @@ use jiff::Timestamp;
 
 use super::{Ledger, ObservedAttempt, RecordRange, Requeued, retry_delay};
 use crate::api::{FailureRecord, GuardAction, OnPressure, RetryPolicy};
-use crate::worker::{BadOutput, WorkerResult};
+use crate::worker::{BadOutput, MemorySeen, WorkerResult};
 
 /// Longest failure message kept in status.
 const MAX_FAILURE_MESSAGE: usize = 512;
@@ -21,7 +21,8 @@ pub enum Outcome {
         message: String,
         partial: Option<WorkerResult>,
     },
-    /// The memory guard stopped the worker; `partial` is its checkpoint, if it wrote one.
+    /// The memory guard stopped the worker; `partial` is its checkpoint, if it wrote one. A
+    /// `partial` that says it stopped for memory is the worker's in-process (SDK) guard.
     Stopped {
         action: GuardAction,
         partial: Option<WorkerResult>,
@@ -52,6 +53,11 @@ pub enum Settled {
         remainder: RecordRange,
         pieces: Vec<RecordRange>,
     },
+    DrainedInProcess {
+        seen: MemorySeen,
+        remainder: RecordRange,
+        pieces: Vec<RecordRange>,
+    },
 }
 
 /// Reads the outcome of an attempt whose worker ended.
@@ -61,13 +67,22 @@ pub fn outcome_of(attempt: &ObservedAttempt) -> Option<Outcome> {
         let exit = pod.exit.as_ref()?;
         let parsed = WorkerResult::parse(&exit.message, range);
         if let Some(action @ (GuardAction::Drain | GuardAction::Restart)) = pod.guard_action {
+            // The operator acted on this pod and counted it: one drain, even when the worker's
+            // own guard had seen the pressure first.
             return Some(Outcome::Stopped {
                 action,
-                partial: parsed.ok(),
+                partial: parsed.ok().map(|mut result| {
+                    (result.stopped_for, result.memory) = (None, None);
+                    result
+                }),
             });
         }
         return Some(if exit.exit_code == 0 {
             match parsed {
+                Ok(result) if result.memory_stop().is_some() => Outcome::Stopped {
+                    action: GuardAction::Drain,
+                    partial: Some(result),
+                },
                 Ok(result) => Outcome::Finished(result),
                 Err(bad) => bad_output(bad),
             }
@@ -163,6 +178,11 @@ pub fn settle(
             Settled::Resumed { remainder }
         }
         Outcome::Stopped { action, partial } => {
+            let in_process = partial.as_ref().and_then(|p| p.memory_stop()).cloned();
+            if let Some(seen) = &in_process {
+                let peak = &mut ledger.guard.peak_percent;
+                *peak = (*peak).max(u32::from(seen.percent()));
+            }
             let mut rest = range;
             if let Some(result) = partial
                 && ledger.add_result(result.done(range), &result).is_ok()
@@ -212,10 +232,17 @@ pub fn settle(
                     .pending
                     .push(requeue(*piece, reason, failures, Default::default()));
             }
-            Settled::Stopped {
-                action,
-                remainder: rest,
-                pieces,
+            match in_process {
+                Some(seen) => Settled::DrainedInProcess {
+                    seen,
+                    remainder: rest,
+                    pieces,
+                },
+                None => Settled::Stopped {
+                    action,
+                    remainder: rest,
+                    pieces,
+                },
             }
         }
         Outcome::Failed {
@@ -640,6 +667,74 @@ mod tests {
         };
         assert_eq!(action, GuardAction::Drain);
         assert_eq!(partial.and_then(|p| p.resume_from), Some(10));
+    }
+
+    const MEMORY_STOP: &str = r#"{"records": 30, "resumeFrom": 30, "stoppedFor": "memory",
+        "memory": {"workingSetBytes": 117440512, "limitBytes": 134217728}}"#;
+
+    #[test]
+    fn an_in_process_memory_stop_is_settled_as_one_drain() {
+        let retry = RetryPolicy::default();
+        let mut ledger = Ledger::default();
+        let outcome = outcome_of(&ended(0, "Completed", MEMORY_STOP)).unwrap();
+        let settled = settle(&mut ledger, BATCH, 1, outcome, &policy(&retry), now());
+        let Settled::DrainedInProcess {
+            seen,
+            remainder,
+            pieces,
+        } = settled
+        else {
+            panic!("{settled:?}")
+        };
+        assert_eq!(seen.percent(), 87);
+        assert_eq!(remainder, RecordRange::new(30, 100));
+        assert_eq!(pieces, vec![RecordRange::new(30, 100)]);
+        assert_eq!(ledger.completed.to_string(), "0-29");
+        assert_eq!(ledger.aggregate.records, 30);
+        assert_eq!((ledger.guard.drains, ledger.drained), (1, 1));
+        assert_eq!(ledger.guard.peak_percent, 87);
+        assert_eq!(ledger.pending[0].reason, "Drained");
+        assert!(ledger.failures.is_empty(), "a drain is not a failure");
+    }
+
+    #[test]
+    fn a_memory_stop_on_a_pod_the_operator_drained_is_counted_once_as_its_drain() {
+        let retry = RetryPolicy::default();
+        let mut ledger = Ledger::default();
+        let mut attempt = ended(0, "Completed", MEMORY_STOP);
+        attempt.pods[0].guard_action = Some(GuardAction::Drain);
+        let outcome = outcome_of(&attempt).unwrap();
+        let settled = settle(&mut ledger, BATCH, 1, outcome, &policy(&retry), now());
+        assert!(matches!(settled, Settled::Stopped { .. }), "{settled:?}");
+        assert_eq!((ledger.guard.drains, ledger.drained), (1, 1));
+        assert_eq!(ledger.completed.to_string(), "0-29");
+    }
+
+    #[test]
+    fn an_in_process_stop_without_progress_is_halved_like_any_drain() {
+        let retry = RetryPolicy::default();
+        let mut ledger = Ledger::default();
+        let stop = r#"{"records": 0, "resumeFrom": 0, "stoppedFor": "memory",
+            "memory": {"workingSetBytes": 9, "limitBytes": 10}}"#;
+        let outcome = outcome_of(&ended(0, "Completed", stop)).unwrap();
+        let settled = settle(&mut ledger, BATCH, 1, outcome, &policy(&retry), now());
+        assert!(
+            matches!(settled, Settled::DrainedInProcess { ref pieces, .. } if pieces.len() == 2),
+            "{settled:?}"
+        );
+    }
+
+    #[test]
+    fn a_garbled_memory_stop_fails_the_attempt_as_bad_output() {
+        let garbled = r#"{"records": 30, "resumeFrom": 30, "stoppedFor": "memory"}"#;
+        let Some(Outcome::Failed {
+            reason, message, ..
+        }) = outcome_of(&ended(0, "Completed", garbled))
+        else {
+            panic!()
+        };
+        assert_eq!(reason, "BadOutput");
+        assert!(message.contains("stoppedFor"), "{message}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The termination message: one JSON object of at most 4 KiB, e.g.
 //! `{"records": 5000, "sums": {"gross_pay": 1234.5}, "outputs": ["s3://…"], "resumeFrom": 3200}`.
+//! A worker whose SDK guard stopped it for memory adds
+//! `"stoppedFor": "memory", "memory": {"workingSetBytes": 114294784, "limitBytes": 134217728}`.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +27,42 @@ pub struct WorkerResult {
     /// Absolute offset of the first record not done, when the worker stopped early.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_from: Option<u64>,
+    /// Why the worker stopped before the end of its batch, when it says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_for: Option<StopReason>,
+    /// What the in-process guard saw when it stopped the worker (with `stoppedFor: memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemorySeen>,
+}
+
+/// Why a worker stopped early on its own.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum StopReason {
+    /// The SDK's in-process guard saw the container's cgroup at the run's threshold.
+    Memory,
+}
+
+/// The container's memory as the in-process guard read it from its cgroup.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemorySeen {
+    /// Usage minus inactive file cache, like the kubelet's working set.
+    pub working_set_bytes: u64,
+    /// The smaller of the cgroup's limit and `BATCHGUARD_MEMORY_LIMIT_BYTES`.
+    pub limit_bytes: u64,
+    /// Share of the last poll interval in which all tasks stalled on memory (cgroup v2 PSI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pressure_percent: Option<f64>,
+}
+
+impl MemorySeen {
+    /// The working set as a percent of the limit, at most 100.
+    pub fn percent(&self) -> u8 {
+        let percent =
+            u128::from(self.working_set_bytes) * 100 / u128::from(self.limit_bytes.max(1));
+        percent.min(100) as u8
+    }
 }
 
 /// Why a termination message is not a usable result; the text reaches the run's status.
@@ -38,6 +76,8 @@ pub enum BadOutput {
     Invalid(String),
     #[error("sum {0:?} is not a finite number")]
     NonFiniteSum(String),
+    #[error("stoppedFor: {0}")]
+    BadStop(&'static str),
     #[error("resumeFrom {resume_from} is outside the batch {range}")]
     ResumeOutsideBatch {
         resume_from: u64,
@@ -65,7 +105,49 @@ impl WorkerResult {
         {
             return Err(BadOutput::ResumeOutsideBatch { resume_from, range });
         }
+        result.check_stop()?;
         Ok(result)
+    }
+
+    fn check_stop(&self) -> Result<(), BadOutput> {
+        let Some(StopReason::Memory) = self.stopped_for else {
+            return match self.memory {
+                Some(_) => Err(BadOutput::BadStop(
+                    "a \"memory\" report comes only with \"stoppedFor\": \"memory\"",
+                )),
+                None => Ok(()),
+            };
+        };
+        if self.resume_from.is_none() {
+            return Err(BadOutput::BadStop(
+                "a worker that stopped for memory must say where to resume (resumeFrom)",
+            ));
+        }
+        let Some(seen) = &self.memory else {
+            return Err(BadOutput::BadStop(
+                "\"memory\" needs a \"memory\" object with workingSetBytes and limitBytes",
+            ));
+        };
+        if seen.limit_bytes == 0 {
+            return Err(BadOutput::BadStop("memory.limitBytes must be positive"));
+        }
+        if seen
+            .pressure_percent
+            .is_some_and(|p| !(0.0..=100.0).contains(&p))
+        {
+            return Err(BadOutput::BadStop(
+                "memory.pressurePercent must be a number from 0 to 100",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What the in-process guard saw, when it is why the worker stopped.
+    pub fn memory_stop(&self) -> Option<&MemorySeen> {
+        match self.stopped_for {
+            Some(StopReason::Memory) => self.memory.as_ref(),
+            None => None,
+        }
     }
 
     /// The records this result covers: the whole batch, or up to `resumeFrom`.
@@ -143,6 +225,44 @@ mod tests {
             WorkerResult::parse(&big, BATCH),
             Err(BadOutput::TooLarge(big.len()))
         );
+    }
+
+    #[test]
+    fn a_memory_stop_is_read_with_what_the_guard_saw() {
+        let r = WorkerResult::parse(
+            r#"{"records": 30, "resumeFrom": 130, "stoppedFor": "memory",
+                "memory": {"workingSetBytes": 115343360, "limitBytes": 134217728}}"#,
+            BATCH,
+        )
+        .unwrap();
+        let seen = r.memory_stop().unwrap();
+        assert_eq!(seen.percent(), 85);
+        assert_eq!(r.remainder(BATCH), RecordRange::new(130, 200));
+        assert!(
+            WorkerResult::parse(r#"{"records": 100}"#, BATCH)
+                .unwrap()
+                .memory_stop()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_garbled_memory_stop_is_bad_output() {
+        let memory = r#""memory": {"workingSetBytes": 1, "limitBytes": 2}"#;
+        for (text, says) in [
+            (r#"{"records": 1, "resumeFrom": 101, "stoppedFor": "boredom"}"#.to_string(), "not a valid result"),
+            (r#"{"records": 1, "resumeFrom": 101, "stoppedFor": 7}"#.into(), "not a valid result"),
+            (r#"{"records": 1, "resumeFrom": 101, "stoppedFor": "memory"}"#.into(), "needs a \"memory\" object"),
+            (format!(r#"{{"records": 100, "stoppedFor": "memory", {memory}}}"#), "where to resume"),
+            (format!(r#"{{"records": 1, "resumeFrom": 101, {memory}}}"#), "comes only with"),
+            (r#"{"records": 1, "resumeFrom": 101, "stoppedFor": "memory", "memory": {"workingSetBytes": 1, "limitBytes": 0}}"#.into(), "positive"),
+            (r#"{"records": 1, "resumeFrom": 101, "stoppedFor": "memory", "memory": {"workingSetBytes": -1, "limitBytes": 2}}"#.into(), "not a valid result"),
+            (r#"{"records": 1, "resumeFrom": 101, "stoppedFor": "memory", "memory": {"workingSetBytes": 1, "limitBytes": 2, "mood": 3}}"#.into(), "not a valid result"),
+            (r#"{"records": 1, "resumeFrom": 101, "stoppedFor": "memory", "memory": {"workingSetBytes": 1, "limitBytes": 2, "pressurePercent": 250}}"#.into(), "0 to 100"),
+        ] {
+            let err = WorkerResult::parse(&text, BATCH).unwrap_err();
+            assert!(err.to_string().contains(says), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@ import signal
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence
 
+from ._guard import MemoryGuard, MemorySeen
+
 #: Kubernetes keeps at most this much of a termination message.
 MAX_MESSAGE_BYTES = 4096
 TERMINATION_LOG = "/dev/termination-log"
@@ -53,14 +55,20 @@ class Batch:
     outputs: List[str] = field(default_factory=list)
     checkpoint: int = -1
     stopping: bool = False
+    #: Set when the in-process memory guard (not a SIGTERM) is what stopped the loop.
+    stopped_for_memory: Optional[MemorySeen] = None
+    guard: Optional[MemoryGuard] = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.checkpoint < 0:
             self.checkpoint = self.start
 
     @classmethod
-    def from_env(cls, env=None, termination_log: Optional[str] = None) -> "Batch":
-        """Reads the batch from the variables batchguard sets on the worker container."""
+    def from_env(cls, env=None, termination_log: Optional[str] = None, memory_guard: bool = True) -> "Batch":
+        """Reads the batch from the variables batchguard sets on the worker container.
+
+        Unless ``memory_guard=False`` (or ``BATCHGUARD_SDK_GUARD=off``), entering the batch
+        starts the in-process memory guard at ``BATCHGUARD_MEMORY_THRESHOLD_PERCENT``."""
         env = os.environ if env is None else env
 
         def integer(name: str, required: bool = True) -> Optional[int]:
@@ -85,7 +93,7 @@ class Batch:
                 raise BatchError(f"BATCHGUARD_ITEMS is not a JSON array: {e}") from None
             if not isinstance(items, list) or len(items) != end - start:
                 raise BatchError(f"BATCHGUARD_ITEMS must be a JSON array of {end - start} items")
-        return cls(
+        batch = cls(
             run=env.get("BATCHGUARD_RUN", ""),
             start=start,
             end=end,
@@ -94,15 +102,30 @@ class Batch:
             items=items,
             termination_log=termination_log or env.get("BATCHGUARD_TERMINATION_LOG", TERMINATION_LOG),
         )
+        if memory_guard:
+            try:
+                batch.guard = MemoryGuard.from_env(batch.stop_for_memory, env)
+            except ValueError as e:
+                raise BatchError(str(e)) from None
+        return batch
 
     # --- the loop -------------------------------------------------------------------------
 
     def __enter__(self) -> "Batch":
         self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self.guard is not None:
+            self.guard.start()
         return self
 
     def _on_sigterm(self, signum, frame):
         # Only a flag: the chunk in hand finishes, the next one is not started.
+        self.stopping = True
+
+    def stop_for_memory(self, seen: MemorySeen) -> None:
+        """What the memory guard calls at the threshold: a drain from within, reported as
+        ``"stoppedFor": "memory"`` unless a SIGTERM came first."""
+        if not self.stopping:
+            self.stopped_for_memory = seen
         self.stopping = True
 
     def chunks(self, size: int) -> Iterator[Chunk]:
@@ -148,6 +171,9 @@ class Batch:
         result = {"records": self.records, "sums": self.sums, "outputs": self.outputs}
         if self.checkpoint < self.end:
             result["resumeFrom"] = self.checkpoint
+            if self.stopped_for_memory is not None:
+                result["stoppedFor"] = "memory"
+                result["memory"] = self.stopped_for_memory.report()
         text = json.dumps(result, separators=(",", ":"))
         size = len(text.encode())
         if size > MAX_MESSAGE_BYTES:
@@ -158,6 +184,8 @@ class Batch:
         return text
 
     def __exit__(self, kind, error, traceback) -> bool:
+        if self.guard is not None:
+            self.guard.stop()
         signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
         if error is not None and self.checkpoint == self.start:
             return False  # no progress to report: the attempt simply failed

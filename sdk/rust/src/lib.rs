@@ -13,12 +13,22 @@
 //! batch.finish()?; // writes the termination message, with resumeFrom after a drain
 //! # Ok::<(), batchguard_worker::BatchError>(())
 //! ```
+//!
+//! `Batch::from_env` also starts the in-process memory guard (see [`guard`]): at the run's
+//! threshold (`BATCHGUARD_MEMORY_THRESHOLD_PERCENT`) it stops the loop as SIGTERM does and the
+//! result says `"stoppedFor": "memory"`. `Batch::from_env_with(Guard::Off)` or
+//! `BATCHGUARD_SDK_GUARD=off` turns it off.
+
+pub mod guard;
+
+use guard::GuardThread;
+pub use guard::{GuardConfig, MemorySeen};
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Kubernetes keeps at most this much of a termination message.
 pub const MAX_MESSAGE_BYTES: usize = 4096;
@@ -48,6 +58,12 @@ pub enum BatchError {
     TooLarge(usize),
     #[error("cannot install the SIGTERM handler: {0}")]
     Signal(std::io::Error),
+    #[error("{0}={1:?} is not a positive number")]
+    NotPositive(&'static str, String),
+    #[error("BATCHGUARD_MEMORY_THRESHOLD_PERCENT must be below 100, not {0}")]
+    Threshold(f64),
+    #[error("cannot start the memory guard thread: {0}")]
+    Guard(std::io::Error),
     #[error("cannot write the result to {0}: {1}")]
     Write(PathBuf, std::io::Error),
 }
@@ -81,18 +97,55 @@ pub struct Batch {
     outputs: Vec<String>,
     checkpoint: u64,
     stopping: Arc<AtomicBool>,
+    /// The in-process guard's settings, `None` when it is off.
+    pub memory_guard: Option<GuardConfig>,
+    /// Set when the memory guard (not a SIGTERM) is what stopped the loop.
+    stopped_for_memory: Arc<Mutex<Option<MemorySeen>>>,
+    guard_thread: Option<GuardThread>,
+}
+
+/// Whether `Batch::from_env_with` starts the in-process memory guard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guard {
+    /// As the environment says (the run's threshold; `BATCHGUARD_SDK_GUARD=off` turns it off).
+    FromEnv,
+    Off,
 }
 
 impl Batch {
-    /// Reads the batch from the process environment and installs the SIGTERM handler.
+    /// Reads the batch from the process environment, installs the SIGTERM handler and starts
+    /// the in-process memory guard.
     pub fn from_env() -> Result<Self, BatchError> {
-        let batch = Self::from_vars(|name| std::env::var(name).ok())?;
+        Self::from_env_with(Guard::FromEnv)
+    }
+
+    /// Like `from_env`, choosing whether the memory guard runs.
+    pub fn from_env_with(guard: Guard) -> Result<Self, BatchError> {
+        let mut batch = Self::from_vars(|name| std::env::var(name).ok())?;
         signal_hook::flag::register(signal_hook::consts::SIGTERM, batch.stopping.clone())
             .map_err(BatchError::Signal)?;
+        if guard == Guard::Off {
+            batch.memory_guard = None;
+        }
+        batch.start_memory_guard()?;
         Ok(batch)
     }
 
-    /// Reads the batch from any source of variables (tests, local runs).
+    /// Starts the memory guard thread if `memory_guard` is set (once).
+    pub fn start_memory_guard(&mut self) -> Result<(), BatchError> {
+        if let (Some(config), None) = (&self.memory_guard, &self.guard_thread) {
+            let thread = GuardThread::start(
+                config.clone(),
+                self.stopping.clone(),
+                self.stopped_for_memory.clone(),
+            )
+            .map_err(BatchError::Guard)?;
+            self.guard_thread = Some(thread);
+        }
+        Ok(())
+    }
+
+    /// Reads the batch from any source of variables (tests, local runs); starts nothing.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, BatchError> {
         let number = |name: &'static str, required: bool| -> Result<Option<u64>, BatchError> {
             match var(name).filter(|v| !v.is_empty()) {
@@ -136,6 +189,9 @@ impl Batch {
             outputs: Vec::new(),
             checkpoint: start,
             stopping: Arc::new(AtomicBool::new(false)),
+            memory_guard: GuardConfig::from_vars(&var)?,
+            stopped_for_memory: Arc::default(),
+            guard_thread: None,
         })
     }
 
@@ -200,9 +256,14 @@ impl Batch {
         })
     }
 
-    /// Whether a drain asked this worker to stop.
+    /// Whether a drain (SIGTERM) or the memory guard asked this worker to stop.
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// What the memory guard saw, when it is what stopped this worker.
+    pub fn stopped_for_memory(&self) -> Option<MemorySeen> {
+        self.stopped_for_memory.lock().ok()?.clone()
     }
 
     /// The termination message, refused (never truncated) above 4 KiB.
@@ -210,6 +271,10 @@ impl Batch {
         let mut result = serde_json::json!({"records": self.records, "sums": self.sums, "outputs": self.outputs});
         if self.checkpoint < self.end {
             result["resumeFrom"] = self.checkpoint.into();
+            if let Some(seen) = self.stopped_for_memory() {
+                result["stoppedFor"] = "memory".into();
+                result["memory"] = seen.report();
+            }
         }
         let text = result.to_string();
         if text.len() > MAX_MESSAGE_BYTES {
@@ -313,6 +378,123 @@ mod tests {
             Err(BatchError::Backwards { .. })
         ));
         assert!(batch(&[]).unwrap().add_sum("x", f64::INFINITY).is_err());
+    }
+
+    use crate::guard::tests::{FakeCgroup, LIMIT, MIB};
+
+    /// A batch of records 0-99 guarded at 85% of 100 MiB, polling a fake cgroup every 10 ms.
+    fn guarded(cgroup: &FakeCgroup) -> Batch {
+        let root = cgroup.root.to_string_lossy().into_owned();
+        let limit = LIMIT.to_string();
+        let mut b = batch(&[
+            ("BATCHGUARD_RANGE_START", "0"),
+            ("BATCHGUARD_RANGE_END", "100"),
+            ("BATCHGUARD_MEMORY_THRESHOLD_PERCENT", "85"),
+            ("BATCHGUARD_MEMORY_LIMIT_BYTES", &limit),
+            ("BATCHGUARD_CGROUP_ROOT", &root),
+            ("BATCHGUARD_GUARD_INTERVAL_MS", "10"),
+        ])
+        .unwrap();
+        b.start_memory_guard().unwrap();
+        b
+    }
+
+    /// A loop adding `per_chunk` bytes of working set with each chunk of 10 records, giving
+    /// the guard time to look before the chunk finishes.
+    fn grow(cgroup: &FakeCgroup, b: &mut Batch, per_chunk: u64) -> serde_json::Value {
+        let mut held = 0;
+        while let Some(chunk) = b.next_chunk(10) {
+            held += per_chunk;
+            cgroup.set(held);
+            std::thread::sleep(std::time::Duration::from_millis(60));
+            b.add_sum("total", chunk.range().sum::<u64>() as f64)
+                .unwrap();
+            b.done(&chunk).unwrap();
+        }
+        serde_json::from_str(&b.message().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_worker_crossing_the_threshold_checkpoints_with_a_memory_marker() {
+        for v2 in [false, true] {
+            let cgroup = FakeCgroup::new("cross", v2, Some(LIMIT));
+            let mut b = guarded(&cgroup);
+            // 20 MiB per chunk: 100 MiB with records 40-49, the first chunk over 85 MiB.
+            let message = grow(&cgroup, &mut b, 20 * MIB);
+            assert_eq!(message["resumeFrom"], 50, "v2: {v2}: {message}");
+            assert_eq!(message["records"], 50);
+            assert_eq!(message["sums"]["total"], (0..50).sum::<u64>() as f64);
+            assert_eq!(message["stoppedFor"], "memory");
+            assert_eq!(message["memory"]["workingSetBytes"], 100 * MIB);
+            assert_eq!(message["memory"]["limitBytes"], LIMIT);
+        }
+    }
+
+    #[test]
+    fn a_worker_staying_below_the_threshold_finishes_its_batch() {
+        for v2 in [false, true] {
+            let cgroup = FakeCgroup::new("below", v2, Some(LIMIT));
+            let mut b = guarded(&cgroup);
+            // Ten chunks of 8 MiB: 80 MiB at the end, under 85.
+            let message = grow(&cgroup, &mut b, 8 * MIB);
+            assert_eq!(
+                message,
+                serde_json::json!({"records": 100, "sums": {"total": 4950.0}, "outputs": []}),
+                "v2: {v2}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_guard_reacts_within_one_poll() {
+        let cgroup = FakeCgroup::new("reaction", false, Some(LIMIT));
+        let mut b = guarded(&cgroup);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!b.stopping());
+        cgroup.set(90 * MIB);
+        let crossed = std::time::Instant::now();
+        while !b.stopping() && crossed.elapsed().as_secs() < 2 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let reaction = crossed.elapsed();
+        assert!(
+            reaction.as_millis() < 100,
+            "stopped {reaction:?} after the crossing"
+        );
+        assert_eq!(b.stopped_for_memory().unwrap().working_set_bytes, 90 * MIB);
+        b.memory_guard = None;
+    }
+
+    #[test]
+    fn a_sigterm_first_is_a_plain_drain() {
+        let cgroup = FakeCgroup::new("sigterm", true, Some(LIMIT));
+        let mut b = guarded(&cgroup);
+        let chunk = b.next_chunk(10).unwrap();
+        b.stopping.store(true, Ordering::SeqCst); // what SIGTERM does
+        cgroup.set(99 * MIB);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        b.done(&chunk).unwrap();
+        let message: serde_json::Value = serde_json::from_str(&b.message().unwrap()).unwrap();
+        assert_eq!(message["resumeFrom"], 10);
+        assert!(message.get("stoppedFor").is_none(), "{message}");
+    }
+
+    #[test]
+    fn the_guard_can_be_turned_off() {
+        let cgroup = FakeCgroup::new("off", true, Some(LIMIT));
+        let root = cgroup.root.to_string_lossy().into_owned();
+        let mut b = batch(&[
+            ("BATCHGUARD_RANGE_START", "0"),
+            ("BATCHGUARD_RANGE_END", "100"),
+            ("BATCHGUARD_MEMORY_THRESHOLD_PERCENT", "85"),
+            ("BATCHGUARD_CGROUP_ROOT", &root),
+            ("BATCHGUARD_SDK_GUARD", "off"),
+        ])
+        .unwrap();
+        assert_eq!(b.memory_guard, None);
+        b.start_memory_guard().unwrap();
+        let message = grow(&cgroup, &mut b, 20 * MIB);
+        assert_eq!(message["records"], 100);
     }
 
     #[test]
