@@ -6,7 +6,7 @@
 #     --build-arg REVISION="$(git rev-parse HEAD)" -t ghcr.io/batchguard/batchguard:0.1.0 .
 FROM --platform=$BUILDPLATFORM rust:1-bookworm AS build
 ARG TARGETARCH
-# ring and aws-lc compile C for the target, so they need its gcc as well as the linker.
+# ring compiles C and assembly for the target, so it needs the target's gcc as well as its linker.
 RUN case "$TARGETARCH" in \
       amd64) target=x86_64-unknown-linux-gnu gnu=x86_64-linux-gnu cross="gcc-x86-64-linux-gnu libc6-dev-amd64-cross" ;; \
       arm64) target=aarch64-unknown-linux-gnu gnu=aarch64-linux-gnu cross="gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;; \
