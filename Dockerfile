@@ -1,10 +1,15 @@
+# syntax=docker/dockerfile:1
 # The operator image, the same runtime tests/cluster/images/build makes without Docker: the glibc
 # release binary on distroless cc (Debian 12), user nonroot 65532. Not built on the development
 # machine, which has no Docker engine. Both architectures from one builder, which compiles
 # natively on its own CPU and cross-links for the other:
 #   docker buildx build --platform linux/amd64,linux/arm64 --build-arg VERSION=0.1.0 \
-#     --build-arg REVISION="$(git rev-parse HEAD)" -t ghcr.io/batchguard/batchguard:0.1.0 .
+#     --build-arg REVISION="$(git rev-parse HEAD)" --sbom=true --provenance=mode=max \
+#     -t ghcr.io/batchguard/batchguard:0.1.0 .
+# --sbom=true attaches BuildKit's SPDX attestation; BUILDKIT_SBOM_SCAN_STAGE below makes it scan
+# the build stage too, so the crates from Cargo.lock are listed beside distroless's packages.
 FROM --platform=$BUILDPLATFORM rust:1-bookworm AS build
+ARG BUILDKIT_SBOM_SCAN_STAGE=true
 ARG TARGETARCH
 # ring compiles C and assembly for the target, so it needs the target's gcc as well as its linker.
 RUN case "$TARGETARCH" in \

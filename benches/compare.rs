@@ -374,6 +374,7 @@ fn planner_status_size(batches: u64, batch_size: u64, parallelism: u32) -> usize
             memory: None,
             seat: None,
             retry_request: None,
+            refused: None,
         };
         let planned = plan(&observed);
         if let Some(new) = planned.status {
@@ -394,6 +395,8 @@ fn planner_status_size(batches: u64, batch_size: u64, parallelism: u32) -> usize
                     name: format!("j{}", launch.range.start),
                     deleting: false,
                     finished: None,
+                    created: None,
+                    pod_refused: None,
                 }),
                 pods: vec![PodState {
                     name: format!("p{}-{}", launch.range.start, launch.attempt),
@@ -401,6 +404,7 @@ fn planner_status_size(batches: u64, batch_size: u64, parallelism: u32) -> usize
                     deleting: false,
                     exit: None,
                     guard_action: None,
+                    waiting: None,
                 }],
             });
         }

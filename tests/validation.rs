@@ -109,6 +109,19 @@ async fn invalid_manifests_are_rejected_at_apply_naming_the_field() {
             "spec.resources.memory.limit must be a quantity",
         ),
         (
+            "limit of zero (unlimited to the kubelet)",
+            edit(
+                "spec.resources.memory",
+                Some("{request: '0', limit: '0Gi'}"),
+            ),
+            "spec.resources.memory.limit must be greater than 0",
+        ),
+        (
+            "request of zero",
+            edit("spec.resources.memory.request", Some("'0'")),
+            "spec.resources.memory.request must be greater than 0",
+        ),
+        (
             "memory missing",
             edit("spec.resources", None),
             "spec.resources",

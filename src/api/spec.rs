@@ -82,6 +82,12 @@ pub struct BatchRunSpec {
     /// queue-name label, and Kueue admits them against its quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kueue: Option<KueueHandOff>,
+
+    /// Seconds a batch may wait for its worker to start (pod created, scheduled, image pulled,
+    /// container created) before the run reports `Stalled=True` naming the pod and the reason.
+    #[serde(default = "default_start_timeout")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub start_timeout_seconds: u32,
 }
 
 /// Admission by Kueue.
@@ -98,6 +104,10 @@ pub struct KueueHandOff {
 
 fn default_parallelism() -> u32 {
     1
+}
+
+fn default_start_timeout() -> u32 {
+    120
 }
 
 /// The input: exactly one of a record range or a list of items, and the batch size.
@@ -145,10 +155,12 @@ pub struct WorkerResources {
 pub struct MemoryResources {
     /// Memory request of the worker container.
     #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.resources.memory.request must be a quantity such as 512Mi or 2Gi"))]
+    #[x_kube(validation = Rule::new("!isQuantity(self) || quantity(self).sign() == 1").message("spec.resources.memory.request must be greater than 0: the kubelet reads 0 as no request at all"))]
     #[schemars(length(min = 1, max = 64))]
     pub request: String,
     /// Memory limit of the worker container: the guard measures against it.
     #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.resources.memory.limit must be a quantity such as 512Mi or 2Gi"))]
+    #[x_kube(validation = Rule::new("!isQuantity(self) || quantity(self).sign() == 1").message("spec.resources.memory.limit must be greater than 0: the kubelet reads 0 as no limit at all"))]
     #[schemars(length(min = 1, max = 64))]
     pub limit: String,
 }

@@ -99,6 +99,9 @@ pub fn event_for(notice: &Notice) -> Option<Event> {
             "Finish",
         )),
         Notice::Finished(_) => None,
+        Notice::Stalled { reason, message } => {
+            Some(event(EventType::Warning, reason, message.clone(), "Wait"))
+        }
         Notice::Retried { batches } => Some(event(
             EventType::Normal,
             "RetryRequested",

@@ -93,6 +93,11 @@ pub async fn execute(
         .collect::<Vec<_>>();
 
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let uid = run.uid().unwrap_or_default();
+    let generation = run.metadata.generation.unwrap_or_default();
+    let refused = std::sync::atomic::AtomicBool::new(false);
+    let refused = &refused;
+    let uid = &uid;
     let built: Vec<_> = plan
         .launch
         .iter()
@@ -111,24 +116,33 @@ pub async fn execute(
                 };
                 let job_name = job.name_any();
                 if let Some(queue) = queue {
-                    let run = run.uid().unwrap_or_default();
                     let bytes = job_memory_bytes(&job);
-                    queue.expect(&job_name, Holding { run, bytes });
+                    queue.expect(&job_name, Holding { run: uid.clone(), bytes });
                 }
                 ctx.metrics.count_request("create", "jobs");
-                match jobs.create(&PostParams::default(), &job).await {
+                let created = jobs.create(&PostParams::default(), &job).await;
+                if created.is_err()
+                    && let Some(queue) = queue
+                {
+                    queue.unexpect(&job_name);
+                }
+                match created {
                     Ok(_) => {
                         tracing::info!(range = %launch.range, attempt = launch.attempt, "launched batch");
+                        ctx.setbacks.accepted(&uid);
                         Ok(())
                     }
                     // Same name, same batch attempt: it was launched already.
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-                    Err(e) => {
-                        if let Some(queue) = queue {
-                            queue.unexpect(&job_name);
-                        }
-                        Err(Error::from(e))
+                    // The apiserver will not take this Job as it is (invalid, forbidden by
+                    // quota or admission): the run says so and backs off.
+                    Err(kube::Error::Api(e)) if refuses(e.code) => {
+                        tracing::warn!(range = %launch.range, code = e.code, message = %e.message, "the apiserver refused the batch Job");
+                        ctx.setbacks.refused(&uid, generation, e.code, e.message, jiff::Timestamp::now());
+                        refused.store(true, std::sync::atomic::Ordering::Relaxed);
+                        Ok(())
                     }
+                    Err(e) => Err(Error::from(e)),
                 }
             }
         })
@@ -150,6 +164,10 @@ pub async fn execute(
         .into_iter()
         .chain(created)
         .collect::<Result<Vec<()>, Error>>()?;
+    if refused.load(std::sync::atomic::Ordering::Relaxed) {
+        // At once: the next reconcile writes Stalled and waits out the refusal's backoff.
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
     let finished = matches!(
         plan.status
             .as_ref()
@@ -162,6 +180,13 @@ pub async fn execute(
         None if finished => Action::await_change(),
         None => Action::requeue(RESYNC),
     })
+}
+
+/// Status codes of a Job creation that retrying at once will not change: the Job is invalid
+/// (400, 422), or quota or an admission webhook forbids it (403). 409 means it exists; 429 and
+/// 5xx are the apiserver's trouble, retried as reconcile errors.
+fn refuses(code: u16) -> bool {
+    matches!(code, 400 | 403 | 422)
 }
 
 /// Removes the result finalizer, and only it: the JSON patch tests the entry it removes, so a

@@ -29,11 +29,35 @@ pub enum JobError {
     #[error("spec.resources.memory.limit: {0}")]
     Limit(crate::api::BadQuantity),
     #[error(
-        "the items of batch {0} take {1} bytes, more than the {MAX_ITEMS_ENV_BYTES} a worker's environment may hold: lower spec.input.batchSize"
+        "items {0} take {1} bytes, more than the {MAX_ITEMS_ENV_BYTES} one worker's environment may hold: lower spec.input.batchSize"
     )]
     ItemsTooLarge(String, usize),
     #[error("the run has no uid yet")]
     NoUid,
+}
+
+/// Checks that every batch the run may cut fits a worker's environment: any `batch_size`
+/// consecutive items (adaptive sizing cuts off the grid, never larger), so that no later
+/// batch is found unlaunchable mid-run. Returns the first window that does not fit.
+pub fn check_items_fit(items: &[String], batch_size: u64) -> Result<(), JobError> {
+    let window = (batch_size.max(1) as usize).min(items.len().max(1));
+    // The JSON array of items[i..i+window]: brackets, commas and each item's encoding.
+    let sizes: Vec<usize> = items
+        .iter()
+        .map(|item| serde_json::to_string(item).map_or(0, |json| json.len()))
+        .collect();
+    let mut bytes: usize = sizes.iter().take(window).sum();
+    for start in 0..=items.len().saturating_sub(window) {
+        if start > 0 {
+            bytes = bytes - sizes[start - 1] + sizes[start + window - 1];
+        }
+        let total = bytes + 2 + window.saturating_sub(1);
+        if total > MAX_ITEMS_ENV_BYTES {
+            let range = crate::plan::RecordRange::new(start as u64, (start + window) as u64);
+            return Err(JobError::ItemsTooLarge(range.to_string(), total));
+        }
+    }
+    Ok(())
 }
 
 /// The worker container: the one named `worker`, or else the first.
@@ -77,16 +101,7 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
     let worker = worker_index(pod).ok_or(JobError::NoContainer)?;
     pod.restart_policy = Some("Never".into());
     pod.automount_service_account_token.get_or_insert(false);
-    if pod.security_context.is_none() {
-        pod.security_context = Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-    }
+    restrict_pod(pod.security_context.get_or_insert_with(Default::default));
     pod.containers
         .iter_mut()
         .chain(pod.init_containers.iter_mut().flatten())
@@ -171,18 +186,28 @@ fn set_memory(container: &mut Container, request: &str, limit: &str) {
     set(&mut resources.limits, limit);
 }
 
-/// Restricted Pod Security Standard defaults for a container that sets no security context.
-fn restrict(container: &mut Container) {
-    if container.security_context.is_none() {
-        container.security_context = Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
+/// Restricted Pod Security Standard defaults, field by field: what the template sets wins,
+/// what it leaves out is filled in (a template that sets only `fsGroup` is still restricted).
+fn restrict_pod(context: &mut PodSecurityContext) {
+    context.run_as_non_root.get_or_insert(true);
+    context
+        .seccomp_profile
+        .get_or_insert_with(|| SeccompProfile {
+            type_: "RuntimeDefault".into(),
             ..Default::default()
         });
-    }
+}
+
+/// The container half of the restricted defaults, field by field as for the pod.
+fn restrict(container: &mut Container) {
+    let context = container
+        .security_context
+        .get_or_insert_with(SecurityContext::default);
+    context.allow_privilege_escalation.get_or_insert(false);
+    context.capabilities.get_or_insert_with(|| Capabilities {
+        drop: Some(vec!["ALL".into()]),
+        ..Default::default()
+    });
 }
 
 #[cfg(test)]
@@ -226,6 +251,7 @@ mod tests {
                 suspend: false,
                 queue: None,
                 kueue: None,
+                start_timeout_seconds: 120,
             },
         );
         run.metadata.namespace = Some("ns".into());
@@ -378,6 +404,82 @@ mod tests {
                 .privileged,
             Some(true)
         );
+    }
+
+    #[test]
+    fn restricted_defaults_merge_field_by_field_with_the_template() {
+        let mut r = run(None);
+        let pod = r.spec.template.spec.as_mut().unwrap();
+        pod.security_context = Some(PodSecurityContext {
+            fs_group: Some(2000),
+            ..Default::default()
+        });
+        pod.containers[0].security_context = Some(SecurityContext {
+            read_only_root_filesystem: Some(true),
+            ..Default::default()
+        });
+        pod.containers[1].security_context = Some(SecurityContext {
+            allow_privilege_escalation: Some(true),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_BIND_SERVICE".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let job = build_job(&r, &launch()).unwrap();
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.fs_group, Some(2000), "the template's field is kept");
+        assert_eq!(psc.run_as_non_root, Some(true), "and the defaults added");
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        let sidecar = pod.containers[0].security_context.as_ref().unwrap();
+        assert_eq!(sidecar.read_only_root_filesystem, Some(true));
+        assert_eq!(sidecar.allow_privilege_escalation, Some(false));
+        let dropped = sidecar.capabilities.as_ref().unwrap().drop.as_deref();
+        assert_eq!(dropped, Some(&["ALL".to_string()][..]));
+        let worker = pod.containers[1].security_context.as_ref().unwrap();
+        assert_eq!(
+            worker.allow_privilege_escalation,
+            Some(true),
+            "set by the template"
+        );
+        let capabilities = worker.capabilities.as_ref().unwrap();
+        assert_eq!(
+            capabilities.add.as_deref(),
+            Some(&["NET_BIND_SERVICE".to_string()][..])
+        );
+        assert_eq!(
+            capabilities.drop, None,
+            "the template chose its capabilities"
+        );
+    }
+
+    #[test]
+    fn items_that_fit_a_worker_in_every_window_pass() {
+        let items: Vec<String> = (0..1000).map(|i| format!("client-{i}")).collect();
+        assert!(check_items_fit(&items, 100).is_ok());
+        assert!(
+            check_items_fit(&items, 5000).is_ok(),
+            "a batch larger than the list"
+        );
+    }
+
+    #[test]
+    fn a_later_window_too_large_for_a_worker_is_found_before_any_launch() {
+        let mut items: Vec<String> = (0..30).map(|i| format!("client-{i}")).collect();
+        // Items 20 and 21 are large: batches 0-9 and 10-19 fit, 20-29 does not.
+        items[20] = "x".repeat(40_000);
+        items[21] = "y".repeat(40_000);
+        let err = check_items_fit(&items, 10).unwrap_err();
+        assert!(
+            matches!(err, JobError::ItemsTooLarge(ref range, bytes) if range == "12-21" && bytes > MAX_ITEMS_ENV_BYTES),
+            "{err}"
+        );
+        assert!(err.to_string().contains("lower spec.input.batchSize"));
+        assert!(check_items_fit(&items, 1).is_ok(), "one item a batch fits");
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod queue_status;
 pub mod queue_usage;
 mod queues;
 mod reconcile;
+mod setbacks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +60,8 @@ pub struct Context {
     /// The controller's cache of runs: which runs share a queue.
     pub runs: Store<BatchRun>,
     pub queues: queues::Queues,
+    /// Refused Job creations and failed reconciles, per run: what backs them off.
+    pub setbacks: setbacks::Setbacks,
 }
 
 /// How the memory guard runs, when it does.
@@ -135,6 +138,7 @@ pub async fn run(
         queue_store: queue_store.clone(),
         runs: run_store.clone(),
         queues: Default::default(),
+        setbacks: Default::default(),
     });
     let pod_store = pods.clone();
     let watcher_ready = context.clone();
@@ -207,7 +211,9 @@ fn queue_error_policy(queue: Arc<BatchQueue>, error: &Error, _ctx: Arc<Context>)
     Action::requeue(Duration::from_secs(5))
 }
 
-fn error_policy(run: Arc<BatchRun>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(run = %run.name_any(), %error, "reconcile failed, retrying");
-    Action::requeue(Duration::from_secs(5))
+/// Failed reconciles of a run back off exponentially (5 s, 10 s, … 5 min), per run.
+fn error_policy(run: Arc<BatchRun>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.setbacks.failed(&run.uid().unwrap_or_default());
+    tracing::warn!(run = %run.name_any(), %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }

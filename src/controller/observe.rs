@@ -6,10 +6,69 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use super::labels::{RESULT_FINALIZER, batch_of};
+use super::labels::{RESULT_FINALIZER, RUN_UID, batch_of};
 use crate::api::GuardAction;
 use crate::guard::ACTION_ANNOTATION;
-use crate::plan::{JobFinish, JobState, ObservedAttempt, PodState, RecordRange, WorkerExit};
+use crate::plan::{
+    JobFinish, JobState, NotStarted, ObservedAttempt, PodState, RecordRange, WorkerExit,
+};
+
+/// What of the cluster belongs to one run, by ownership rather than labels alone: labels can
+/// be copied onto any object, owner references to the run's Jobs only by the Job controller.
+pub struct Owned<'a> {
+    /// The run's Jobs: its labels and the run as their controller.
+    pub jobs: Vec<&'a Job>,
+    /// Pods controlled by one of those Jobs.
+    pub pods: Vec<&'a Pod>,
+    /// Pods that carry the run's labels and the result finalizer but no Job as controller:
+    /// never read, and their finalizer is released so they can go.
+    pub strangers: Vec<String>,
+}
+
+/// Sorts the Jobs and pods labelled with run `uid` into the run's own and strangers. A pod
+/// whose controlling Job is not (yet) in the cache is neither: the next reconcile knows.
+pub fn owned<'a>(
+    uid: &str,
+    jobs: impl IntoIterator<Item = &'a Job>,
+    pods: impl IntoIterator<Item = &'a Pod>,
+) -> Owned<'a> {
+    let labelled =
+        |labels: &BTreeMap<String, String>| labels.get(RUN_UID).map(String::as_str) == Some(uid);
+    let jobs: Vec<&Job> = jobs
+        .into_iter()
+        .filter(|j| {
+            labelled(j.labels()) && controller_uid(j.owner_references(), "BatchRun") == Some(uid)
+        })
+        .collect();
+    let mut owned = Owned {
+        jobs,
+        pods: vec![],
+        strangers: vec![],
+    };
+    for pod in pods.into_iter().filter(|p| labelled(p.labels())) {
+        match controller_uid(pod.owner_references(), "Job") {
+            Some(job) if owned.jobs.iter().any(|j| j.uid().as_deref() == Some(job)) => {
+                owned.pods.push(pod)
+            }
+            Some(_) => {}
+            None if pod.finalizers().iter().any(|f| f == RESULT_FINALIZER) => {
+                owned.strangers.push(pod.name_any())
+            }
+            None => {}
+        }
+    }
+    owned
+}
+
+fn controller_uid<'a>(
+    owners: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference],
+    kind: &str,
+) -> Option<&'a str> {
+    owners
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == kind)
+        .map(|o| o.uid.as_str())
+}
 
 /// Groups the Jobs and pods of one run by (range, attempt).
 pub fn attempts<'a>(
@@ -64,7 +123,61 @@ fn job_state(job: &Job) -> JobState {
         name: job.name_any(),
         deleting: job.metadata.deletion_timestamp.is_some(),
         finished,
+        created: job.creation_timestamp().map(|t| t.0),
+        pod_refused: None,
     }
+}
+
+/// Container states that need a person, not time: the kubelet retries them, but without a
+/// change to the image, the node or the referenced config they never pass.
+const CANNOT_START: [&str; 7] = [
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Why a pod's worker has not started: unschedulable, or a container state of `CANNOT_START`.
+fn waiting(pod: &Pod) -> Option<NotStarted> {
+    let status = pod.status.as_ref()?;
+    let since_created = || pod.creation_timestamp().map(|t| t.0);
+    if let Some(unschedulable) = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+    }) {
+        return Some(NotStarted {
+            reason: "Unschedulable".into(),
+            message: unschedulable.message.clone().unwrap_or_default(),
+            since: unschedulable
+                .last_transition_time
+                .as_ref()
+                .map(|t| t.0)
+                .or_else(since_created)?,
+        });
+    }
+    let since = status
+        .start_time
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(since_created)?;
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.as_deref()?;
+            CANNOT_START.contains(&reason).then(|| NotStarted {
+                reason: format!("{reason} (container {})", c.name),
+                message: waiting.message.clone().unwrap_or_default(),
+                since,
+            })
+        })
 }
 
 fn pod_state(pod: &Pod, worker_container: &str) -> PodState {
@@ -93,6 +206,7 @@ fn pod_state(pod: &Pod, worker_container: &str) -> PodState {
         None => None,
     };
     PodState {
+        waiting: if exit.is_none() { waiting(pod) } else { None },
         name: pod.name_any(),
         holds_result: pod.finalizers().iter().any(|f| f == RESULT_FINALIZER),
         deleting: pod.metadata.deletion_timestamp.is_some(),
@@ -158,6 +272,54 @@ mod tests {
             "a pod without status is still running"
         );
         assert!(attempts[1].is_alive());
+    }
+
+    fn owner(kind: &str, uid: &str) -> serde_json::Value {
+        json!([{"apiVersion": "v1", "kind": kind, "name": "n", "uid": uid, "controller": true}])
+    }
+
+    #[test]
+    fn only_pods_of_the_runs_own_jobs_are_read() {
+        let run = json!({"batchguard.dev/run-uid": "run-1"});
+        let job: Job = serde_json::from_value(json!({
+            "metadata": {"name": "j", "uid": "job-1", "labels": run, "ownerReferences": owner("BatchRun", "run-1")}
+        }))
+        .unwrap();
+        let forged_job: Job = serde_json::from_value(json!({
+            "metadata": {"name": "f", "uid": "job-2", "labels": run}
+        }))
+        .unwrap();
+        let pod = |name: &str, owners: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": run,
+                "ownerReferences": owners, "finalizers": ["batchguard.dev/result"]}}))
+            .unwrap()
+        };
+        let real = pod("real", owner("Job", "job-1"));
+        let bare = pod("bare", json!([]));
+        let of_forged_job = pod("of-forged", owner("Job", "job-2"));
+        let of_unseen_job = pod("of-unseen", owner("Job", "job-3"));
+        let as_replicaset = pod("rs", owner("ReplicaSet", "rs-1"));
+        let sorted = owned(
+            "run-1",
+            [&job, &forged_job],
+            [&real, &bare, &of_forged_job, &of_unseen_job, &as_replicaset],
+        );
+        assert_eq!(
+            sorted.jobs.len(),
+            1,
+            "a Job the run does not control is not its own"
+        );
+        let read: Vec<_> = sorted.pods.iter().map(|p| p.name_any()).collect();
+        assert_eq!(read, ["real"]);
+        assert_eq!(
+            sorted.strangers,
+            ["bare", "rs"],
+            "released: no Job controls them"
+        );
+        assert!(
+            owned("run-2", [&job], [&real]).pods.is_empty(),
+            "another run's pods are not read"
+        );
     }
 
     #[test]

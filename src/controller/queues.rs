@@ -45,6 +45,8 @@ struct Memory {
     wants: HashMap<String, (Demand, Instant)>,
     /// When each run was last admitted a batch, as a sequence number.
     served: HashMap<String, u64>,
+    /// Jobs whose pod the cluster refuses: until they get one, they hold nothing.
+    pod_refused: std::collections::HashSet<String>,
     next_serve: u64,
 }
 
@@ -73,6 +75,11 @@ impl Queues {
 impl QueueEntry {
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
         self.memory.lock().expect("queue memory poisoned")
+    }
+
+    /// A Job of this queue whose pod the cluster refuses (quota, admission): it holds no room.
+    pub fn pod_refused(&self, job_name: &str) {
+        self.memory().pod_refused.insert(job_name.to_string());
     }
 
     /// Counts a Job about to be created until the cache shows it.
@@ -107,15 +114,21 @@ impl QueueEntry {
         };
         let jobs = jobs.state();
         let pods = pods.state();
+        let refused = std::mem::take(&mut self.memory().pod_refused);
         let (mut holdings, seen) = queue_holdings(
             jobs.iter()
-                .filter(|j| in_queue(j.meta()))
+                .filter(|j| in_queue(j.meta()) && !refused.contains(&j.name_any()))
                 .map(|j| j.as_ref()),
             pods.iter()
                 .filter(|p| in_queue(p.meta()))
                 .map(|p| p.as_ref()),
         );
         let mut memory = self.memory();
+        // A refused Job is remembered while it exists; its run names it again when it looks.
+        memory.pod_refused = refused
+            .into_iter()
+            .filter(|j| jobs.iter().any(|job| job.name_any() == *j))
+            .collect();
         memory
             .expected
             .retain(|name, (_, since)| !seen.contains(name) && since.elapsed() < EXPECTATION_TTL);

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{DeleteParams, ListParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -14,14 +14,15 @@ use kube::{Api, ResourceExt};
 use tracing::{Instrument, info_span};
 
 use super::executor::{execute, release_finalizer};
-use super::job::{build_job, worker_container};
+use super::job::{build_job, check_items_fit, worker_container};
 use super::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER, RETRY_FAILED, RUN_UID};
 use super::queue_usage::job_memory_bytes;
 use super::queues::{QueueEntry, budget_of, created, members};
 use super::{Context, Error, observe};
 use crate::api::BatchRun;
 use crate::plan::{
-    Demand, Launch, Observed, Seat, fresh_batches, plan, plan_invalid, seat_of, share, universe,
+    Demand, Launch, Observed, ObservedAttempt, Plan, Seat, fresh_batches, plan, plan_invalid,
+    seat_of, share, universe,
 };
 
 pub async fn reconcile(run: Arc<BatchRun>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -29,6 +30,7 @@ pub async fn reconcile(run: Arc<BatchRun>, ctx: Arc<Context>) -> Result<Action, 
     let namespace = run.namespace().ok_or(Error::NoNamespace)?;
     let span = info_span!("reconcile", run = %run.name_any(), namespace = %namespace);
     let api: Api<BatchRun> = Api::namespaced(ctx.client.clone(), &namespace);
+    let run_uid = run.uid().unwrap_or_default();
     let result = finalizer(&api, CLEANUP_FINALIZER, run, |event| async {
         match event {
             Finalizer::Apply(run) => apply(&run, &api, &ctx).await,
@@ -40,6 +42,9 @@ pub async fn reconcile(run: Arc<BatchRun>, ctx: Arc<Context>) -> Result<Action, 
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics
         .observe_reconcile(started.elapsed(), result.is_err());
+    if result.is_ok() {
+        ctx.setbacks.reconciled(&run_uid);
+    }
     result
 }
 
@@ -56,18 +61,28 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
     let worker = worker_container(&run);
     let jobs = ctx.jobs.state();
     let pods = ctx.pods.state();
-    let owned =
-        |labels: &std::collections::BTreeMap<String, String>| labels.get(RUN_UID) == Some(&uid);
-    let attempts = observe::attempts(
-        jobs.iter()
-            .filter(|j| owned(j.labels()))
-            .map(|j| j.as_ref()),
-        pods.iter()
-            .filter(|p| owned(p.labels()))
-            .map(|p| p.as_ref()),
+    let owned = observe::owned(
+        &uid,
+        jobs.iter().map(|j| j.as_ref()),
+        pods.iter().map(|p| p.as_ref()),
+    );
+    if !owned.strangers.is_empty() {
+        tracing::warn!(pods = ?owned.strangers, "pods with the run's labels but no Job of the run: ignored, their result finalizer released");
+    }
+    let mut attempts = observe::attempts(
+        owned.jobs.iter().copied(),
+        owned.pods.iter().copied(),
         &worker,
     );
+    let pod_refused = pod_refusals(&mut attempts, &owned.jobs, &namespace, ctx).await?;
+    let strangers = owned.strangers;
+    let with_strangers = |mut plan: Plan| {
+        plan.release.extend(strangers.iter().cloned());
+        plan
+    };
     let status = run.status.clone().unwrap_or_default();
+    let generation = run.metadata.generation.unwrap_or_default();
+    let refusal = ctx.setbacks.refusal(&uid, generation);
     let memory = ctx
         .guard
         .as_ref()
@@ -75,7 +90,7 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
     let mut observed = Observed {
         run_name: &run.name_any(),
         run_uid: &uid,
-        generation: run.metadata.generation.unwrap_or_default(),
+        generation,
         spec: &run.spec,
         status: &status,
         attempts: &attempts,
@@ -83,17 +98,33 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
         memory: memory.as_ref(),
         seat: None,
         retry_request: run.annotations().get(RETRY_FAILED).map(String::as_str),
+        refused: refusal.as_ref(),
     };
-    let bytes_each = match check_spec(&run) {
+    // The apiserver refuses this spec's Jobs and the run has never had one: no batch can run.
+    let never_ran = attempts.is_empty() && status.completed.is_empty() && status.failed.is_empty();
+    let invalid = match (check_spec(&run), &refusal) {
+        (Err(message), _) => Err(message),
+        (Ok(_), Some(refusal)) if refusal.is_invalid_spec() && never_ran => Err(format!(
+            "the apiserver refuses the run's batch Jobs: {}",
+            refusal.message
+        )),
+        (ok, _) => ok,
+    };
+    let bytes_each = match invalid {
         Ok(bytes_each) => bytes_each,
-        Err(message) => return execute(&run, plan_invalid(&observed, message), ctx, None).await,
+        Err(message) => {
+            let plan = with_strangers(plan_invalid(&observed, message));
+            return execute(&run, plan, ctx, None).await;
+        }
     };
     let Some(queue) = &run.spec.queue else {
-        return execute(&run, plan(&observed), ctx, None).await;
+        return execute(&run, with_strangers(plan(&observed)), ctx, None).await;
     };
     // One run of a queue at a time decides and creates its Jobs: the next one must see them.
     let entry = ctx.queues.entry(&namespace, queue);
     let _turn = entry.turn.lock().await;
+    // A Job whose pod is refused holds none of the queue's memory.
+    pod_refused.iter().for_each(|job| entry.pod_refused(job));
     let wanted = plan(&observed).launch.len();
     observed.seat = Some(seat(&run, queue, wanted, bytes_each, &entry, ctx));
     let plan = plan(&observed);
@@ -104,7 +135,7 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
         status_write = plan.status.is_some(),
         "planned"
     );
-    execute(&run, plan, ctx, Some(&entry)).await
+    execute(&run, with_strangers(plan), ctx, Some(&entry)).await
 }
 
 /// The run's share of its queue now, from what the queue's workers hold and what its other
@@ -172,6 +203,64 @@ fn seat(
     seat
 }
 
+/// A Job without a pod this long is asked why (its `FailedCreate` Events).
+const PODLESS_GRACE: Duration = Duration::from_secs(5);
+
+/// Looks up why the Job controller created no pod for the run's podless Jobs (one Job per
+/// reconcile, so a run with many refused Jobs costs one list), and writes it into `attempts`.
+/// Returns the Jobs whose pod is refused.
+async fn pod_refusals(
+    attempts: &mut [ObservedAttempt],
+    jobs: &[&Job],
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Vec<String>, Error> {
+    let now = jiff::Timestamp::now();
+    let podless = attempts.iter().find_map(|a| {
+        let job = a.job.as_ref()?;
+        let old = job
+            .created
+            .is_some_and(|c| now.duration_since(c).unsigned_abs() > PODLESS_GRACE);
+        (a.is_alive() && a.pods.is_empty() && old).then(|| job.name.clone())
+    });
+    let Some(job_name) = podless else {
+        return Ok(vec![]);
+    };
+    let Some(job_uid) = jobs
+        .iter()
+        .find(|j| j.name_any() == job_name)
+        .and_then(|j| j.uid())
+    else {
+        return Ok(vec![]);
+    };
+    let events: Api<Event> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!("involvedObject.uid={job_uid},reason=FailedCreate");
+    ctx.metrics.count_request("list", "events");
+    let found = events
+        .list(&ListParams::default().fields(&selector))
+        .await?;
+    let Some(why) = found
+        .items
+        .iter()
+        .max_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0))
+        .and_then(|e| e.message.clone())
+    else {
+        return Ok(vec![]);
+    };
+    // The same refusal holds for every podless Job of the run: one template.
+    let mut refused = vec![];
+    for attempt in attempts
+        .iter_mut()
+        .filter(|a| a.is_alive() && a.pods.is_empty())
+    {
+        if let Some(job) = attempt.job.as_mut() {
+            job.pod_refused = Some(why.clone());
+            refused.push(job.name.clone());
+        }
+    }
+    Ok(refused)
+}
+
 /// What the schema cannot say about a spec: can a Job be built from it at all. Returns the
 /// memory one worker pod may hold, which is what a queue admits.
 fn check_spec(run: &BatchRun) -> Result<u64, String> {
@@ -184,6 +273,9 @@ fn check_spec(run: &BatchRun) -> Result<u64, String> {
     let Some(range) = first.first().copied() else {
         return Err("spec.input holds no records".into());
     };
+    if let Some(items) = &run.spec.input.items {
+        check_items_fit(items, run.spec.input.batch_size).map_err(|e| e.to_string())?;
+    }
     let job = build_job(run, &Launch { range, attempt: 1 }).map_err(|e| e.to_string())?;
     Ok(job_memory_bytes(&job))
 }
@@ -208,6 +300,7 @@ async fn cleanup(run: &BatchRun, ctx: &Context) -> Result<Action, Error> {
     }
     ctx.metrics.forget_run(&namespace, &run.name_any());
     ctx.queues.forget_run(&namespace, &uid);
+    ctx.setbacks.forget(&uid);
     tracing::info!(run = %run.name_any(), "run deleted: its Jobs are removed and its pods released");
     Ok(Action::await_change())
 }

@@ -36,11 +36,28 @@ pub fn condition(
 /// Where a run stands, with the words users will read.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RunState {
-    Pending { message: String },
-    Running { message: String },
-    Suspended { message: String },
-    Succeeded { message: String },
-    Failed { reason: String, message: String },
+    Pending {
+        message: String,
+    },
+    Running {
+        message: String,
+    },
+    Suspended {
+        message: String,
+    },
+    /// Not finished, but held back by something the user must look at (`Stalled=True`).
+    Stalled {
+        reason: String,
+        message: String,
+        started: bool,
+    },
+    Succeeded {
+        message: String,
+    },
+    Failed {
+        reason: String,
+        message: String,
+    },
 }
 
 impl RunState {
@@ -49,6 +66,8 @@ impl RunState {
             RunState::Pending { .. } => Phase::Pending,
             RunState::Running { .. } => Phase::Running,
             RunState::Suspended { .. } => Phase::Suspended,
+            RunState::Stalled { started: true, .. } => Phase::Running,
+            RunState::Stalled { started: false, .. } => Phase::Pending,
             RunState::Succeeded { .. } => Phase::Succeeded,
             RunState::Failed { .. } => Phase::Failed,
         }
@@ -83,6 +102,14 @@ impl RunState {
                 ("False", "Suspended", message),
                 ("False", "Suspended", message),
                 ("False", "Suspended", message),
+                None,
+            ),
+            RunState::Stalled {
+                reason, message, ..
+            } => (
+                ("False", reason.as_str(), message),
+                ("False", reason.as_str(), message),
+                ("True", reason.as_str(), message),
                 None,
             ),
             RunState::Succeeded { message } => (

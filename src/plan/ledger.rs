@@ -39,8 +39,14 @@ pub struct Ledger {
 
 /// Why a result cannot enter the aggregate (it fails the attempt as `BadOutput`).
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("the result adds sum keys beyond the {MAX_SUM_KEYS} a run may hold")]
-pub struct TooManySumKeys;
+pub enum Refused {
+    #[error("the result adds sum keys beyond the {MAX_SUM_KEYS} a run may hold")]
+    TooManySumKeys,
+    #[error("sum {0:?} would leave the finite numbers once added to the run's total")]
+    SumOverflow(String),
+    #[error("the run's {0} count would overflow")]
+    CountOverflow(&'static str),
+}
 
 impl Ledger {
     pub fn from_status(status: &BatchRunStatus) -> Result<Self, ParseRangeSetError> {
@@ -102,31 +108,37 @@ impl Ledger {
         self.pending_index(range, attempt).is_some() || (attempt == 1 && !covered.overlaps(&range))
     }
 
-    /// Adds a worker's result for `done` records to the aggregate.
-    pub fn add_result(
-        &mut self,
-        done: RecordRange,
-        result: &WorkerResult,
-    ) -> Result<(), TooManySumKeys> {
+    /// Adds a worker's result for `done` records to the aggregate, all of it or nothing.
+    pub fn add_result(&mut self, done: RecordRange, result: &WorkerResult) -> Result<(), Refused> {
         let new_keys = result
             .sums
             .keys()
             .filter(|k| !self.aggregate.sums.contains_key(*k))
             .count();
         if self.aggregate.sums.len() + new_keys > MAX_SUM_KEYS {
-            return Err(TooManySumKeys);
+            return Err(Refused::TooManySumKeys);
+        }
+        let records = (self.aggregate.records)
+            .checked_add(result.records)
+            .ok_or(Refused::CountOverflow("records"))?;
+        let outputs = (self.aggregate.outputs.count)
+            .checked_add(result.outputs.len() as u64)
+            .ok_or(Refused::CountOverflow("outputs"))?;
+        let mut sums = Vec::with_capacity(result.sums.len());
+        for (key, value) in &result.sums {
+            let total = self.aggregate.sums.get(key).copied().unwrap_or(0.0) + value;
+            if !total.is_finite() {
+                return Err(Refused::SumOverflow(key.clone()));
+            }
+            sums.push((key.clone(), total));
         }
         self.completed.insert(done);
-        self.aggregate.records += result.records;
-        for (key, value) in &result.sums {
-            *self.aggregate.sums.entry(key.clone()).or_insert(0.0) += value;
-        }
-        let outputs = &mut self.aggregate.outputs;
-        outputs.count += result.outputs.len() as u64;
-        let room = MAX_OUTPUTS_SHOWN.saturating_sub(outputs.first.len());
-        outputs
-            .first
-            .extend(result.outputs.iter().take(room).cloned());
+        self.aggregate.records = records;
+        self.aggregate.sums.extend(sums);
+        self.aggregate.outputs.count = outputs;
+        let shown = &mut self.aggregate.outputs.first;
+        let room = MAX_OUTPUTS_SHOWN.saturating_sub(shown.len());
+        shown.extend(result.outputs.iter().take(room).cloned());
         Ok(())
     }
 
@@ -215,9 +227,35 @@ mod tests {
         }
         assert_eq!(
             ledger.add_result(RecordRange::new(0, 1), &wide),
-            Err(TooManySumKeys)
+            Err(Refused::TooManySumKeys)
         );
         assert_eq!(ledger, Ledger::default());
+    }
+
+    #[test]
+    fn a_sum_that_would_overflow_is_refused_without_partial_effect() {
+        let mut ledger = Ledger::default();
+        let big = result(1, f64::MAX, &[]);
+        ledger.add_result(RecordRange::new(0, 1), &big).unwrap();
+        let before = ledger.clone();
+        assert_eq!(
+            ledger.add_result(RecordRange::new(1, 2), &big),
+            Err(Refused::SumOverflow("amount".into()))
+        );
+        assert_eq!(ledger, before, "nothing of the refused result is kept");
+        assert!(ledger.aggregate.sums["amount"].is_finite());
+    }
+
+    #[test]
+    fn a_record_count_that_would_overflow_is_refused() {
+        let mut ledger = Ledger::default();
+        ledger.aggregate.records = u64::MAX - 1;
+        let before = ledger.clone();
+        assert_eq!(
+            ledger.add_result(RecordRange::new(0, 2), &result(2, 0.0, &[])),
+            Err(Refused::CountOverflow("records"))
+        );
+        assert_eq!(ledger, before);
     }
 
     #[test]

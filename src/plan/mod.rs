@@ -13,6 +13,7 @@ mod planner_tests;
 mod ranges;
 mod rerun;
 mod settle;
+mod stall;
 
 pub use admission::*;
 pub use backoff::*;
@@ -24,3 +25,4 @@ pub use planner::*;
 pub use ranges::*;
 pub use rerun::*;
 pub use settle::*;
+pub use stall::*;

@@ -24,6 +24,10 @@ pub struct JobState {
     pub deleting: bool,
     /// Set once the Job has a terminal condition.
     pub finished: Option<JobFinish>,
+    pub created: Option<Timestamp>,
+    /// Why the Job controller could not create the Job's pod (its `FailedCreate` Event:
+    /// Pod Security, ResourceQuota, a webhook), when the operator looked it up.
+    pub pod_refused: Option<String>,
 }
 
 /// A Job's terminal condition.
@@ -45,6 +49,18 @@ pub struct PodState {
     pub exit: Option<WorkerExit>,
     /// The memory guard stopped (or reported) this worker.
     pub guard_action: Option<GuardAction>,
+    /// What keeps the worker from starting (unschedulable, image, container config).
+    pub waiting: Option<NotStarted>,
+}
+
+/// A worker that has not started, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NotStarted {
+    /// `Unschedulable`, `ImagePullBackOff`, `CreateContainerConfigError`, …
+    pub reason: String,
+    pub message: String,
+    /// Since when, as far as the API tells.
+    pub since: Timestamp,
 }
 
 /// How the worker container ended.
@@ -73,6 +89,27 @@ pub struct Observed<'a> {
     pub seat: Option<Seat>,
     /// The run's `batchguard.dev/retry-failed` annotation: a new value re-runs failed ranges.
     pub retry_request: Option<&'a str>,
+    /// The apiserver refused the run's last Job creation; `None` once one succeeded.
+    pub refused: Option<&'a Refusal>,
+}
+
+/// The apiserver refused to create a batch Job (422 invalid, 403 forbidden by quota or
+/// admission, …): the run says so and tries again after a growing delay.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    pub code: u16,
+    pub message: String,
+    /// Refusals in a row.
+    pub times: u32,
+    /// No Job is created before this.
+    pub retry_at: Timestamp,
+}
+
+impl Refusal {
+    /// A spec the apiserver will never accept, as opposed to a refusal that may pass later.
+    pub fn is_invalid_spec(&self) -> bool {
+        matches!(self.code, 400 | 422)
+    }
 }
 
 /// A queued run's share of its BatchQueue at this moment.

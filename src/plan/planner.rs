@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{
     Ledger, Observed, ObservedAttempt, Outcome, RangeSet, RecordRange, Requeued, RunState,
-    SettlePolicy, Settled, fresh_batches, outcome_of, rerun_failed, settle, sized_batches,
+    SettlePolicy, Settled, fresh_batches, outcome_of, rerun_failed, settle, sized_batches, stall,
 };
 use crate::api::{BatchRunSpec, BatchRunStatus, Phase, memory_bytes};
 use crate::guard::view::RunMemory;
@@ -41,6 +41,11 @@ pub enum Notice {
     /// A user asked for the failed ranges again.
     Retried {
         batches: usize,
+    },
+    /// The run became stalled, or stalled for another reason.
+    Stalled {
+        reason: String,
+        message: String,
     },
 }
 
@@ -163,10 +168,18 @@ pub fn plan(observed: &Observed) -> Plan {
         }
     }
 
-    // Launch within the parallelism cap: queued ranges first, then fresh grid cells.
+    // Launch within the parallelism cap: queued ranges first, then fresh grid cells; after a
+    // refused Job creation, not before the refusal's backoff has passed.
     let alive = attempts.iter().filter(|a| a.is_alive()).count();
     let failing = ledger.failed_batches > u64::from(spec.retry.max_failed_batches);
-    if !spec.suspend && !failing {
+    let backing_off = observed.refused.map(|r| r.retry_at).filter(|t| *t > now);
+    if let Some(retry_at) = backing_off {
+        plan.requeue_after = earliest(
+            plan.requeue_after,
+            retry_at.duration_since(now).unsigned_abs(),
+        );
+    }
+    if !spec.suspend && !failing && backing_off.is_none() {
         let mut room = (spec.parallelism as usize).saturating_sub(alive);
         if let Some(seat) = &observed.seat {
             room = room.min(seat.granted);
@@ -229,7 +242,33 @@ pub fn plan(observed: &Observed) -> Plan {
     }
 
     let running = alive + plan.launch.len();
-    let state = run_state(observed, &ledger, universe, running, failing);
+    let mut state = run_state(observed, &ledger, universe, running, failing);
+    let (stall, recheck) = stall(observed);
+    if let Some(after) = recheck {
+        plan.requeue_after = earliest(plan.requeue_after, after);
+    }
+    if let (Some(stall), false) = (stall, state.is_finished() || spec.suspend) {
+        let progress = match &state {
+            RunState::Pending { message } | RunState::Running { message } => message.clone(),
+            _ => String::new(),
+        };
+        let was = observed
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled");
+        if !was.is_some_and(|c| c.status == "True" && c.reason == stall.reason) {
+            plan.notices.push(Notice::Stalled {
+                reason: stall.reason.clone(),
+                message: stall.message.clone(),
+            });
+        }
+        state = RunState::Stalled {
+            reason: stall.reason,
+            message: format!("{}; {progress}", stall.message),
+            started: observed.status.start_time.is_some() || running > 0,
+        };
+    }
     if state.is_finished()
         && !matches!(
             observed.status.phase,

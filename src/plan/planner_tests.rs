@@ -35,6 +35,7 @@ fn spec(end: i64, batch_size: u64, parallelism: u32) -> BatchRunSpec {
         suspend: false,
         queue: None,
         kueue: None,
+        start_timeout_seconds: 120,
     }
 }
 
@@ -78,6 +79,7 @@ impl Sim {
             memory: self.memory.as_ref(),
             seat: self.seat.clone(),
             retry_request: self.retry_request.as_deref(),
+            refused: None,
         })
     }
 
@@ -168,6 +170,8 @@ fn running(range: RecordRange, attempt: u32) -> ObservedAttempt {
             name: format!("job-{}-{attempt}", range.start),
             deleting: false,
             finished: None,
+            created: None,
+            pod_refused: None,
         }),
         pods: vec![PodState {
             name: format!("pod-{}-{attempt}", range.start),
@@ -175,6 +179,7 @@ fn running(range: RecordRange, attempt: u32) -> ObservedAttempt {
             deleting: false,
             exit: None,
             guard_action: None,
+            waiting: None,
         }],
     }
 }

@@ -145,6 +145,17 @@ pub fn settle(
         .pending_index(range, attempt)
         .map(|i| ledger.pending.remove(i).failures)
         .unwrap_or(0);
+    settle_with(ledger, (range, attempt, failures), outcome, policy, now)
+}
+
+/// Settles an attempt already taken off the queue, with the failures its range had so far.
+fn settle_with(
+    ledger: &mut Ledger,
+    (range, attempt, failures): (RecordRange, u32, u32),
+    outcome: Outcome,
+    policy: &SettlePolicy,
+    now: Timestamp,
+) -> Settled {
     let requeue = |range, reason: &str, failures, delay: std::time::Duration| Requeued {
         range,
         attempt: attempt + 1,
@@ -154,15 +165,10 @@ pub fn settle(
     };
     match outcome {
         Outcome::Finished(result) => {
-            if let Err(err) = ledger.add_result(result.done(range), &result) {
-                return settle(
-                    ledger,
-                    range,
-                    attempt,
-                    bad_output_text(err.to_string()),
-                    policy,
-                    now,
-                );
+            if let Err(refused) = ledger.add_result(result.done(range), &result) {
+                // Refused as a whole; it counts as one more failure of this range.
+                let outcome = bad_output_text(refused.to_string());
+                return settle_with(ledger, (range, attempt, failures), outcome, policy, now);
             }
             ledger.succeeded += 1;
             let remainder = result.remainder(range);
@@ -374,6 +380,7 @@ mod tests {
                 holds_result: true,
                 deleting: false,
                 guard_action: None,
+                waiting: None,
                 exit: Some(WorkerExit {
                     exit_code,
                     reason: reason.into(),
@@ -436,6 +443,8 @@ mod tests {
                     reason: "DeadlineExceeded".into(),
                     message: "too slow".into(),
                 }),
+                created: None,
+                pod_refused: None,
             }),
             pods: vec![],
         };
@@ -485,6 +494,54 @@ mod tests {
         assert_eq!(ledger.failed.to_string(), "0-99");
         assert_eq!(ledger.failed_batches, 1);
         assert_eq!(ledger.failures.len(), 3);
+    }
+
+    #[test]
+    fn a_result_the_aggregate_refuses_uses_up_an_attempt_like_any_failure() {
+        let retry = RetryPolicy::default();
+        let mut ledger = Ledger::default();
+        let huge = |records| {
+            Outcome::Finished(WorkerResult {
+                records,
+                sums: [("pay".to_string(), f64::MAX)].into(),
+                ..Default::default()
+            })
+        };
+        let first = RecordRange::new(100, 200);
+        settle(&mut ledger, first, 1, huge(100), &policy(&retry), now());
+        for attempt in 1..retry.max_attempts {
+            let settled = settle(
+                &mut ledger,
+                BATCH,
+                attempt,
+                huge(100),
+                &policy(&retry),
+                now(),
+            );
+            assert!(
+                matches!(settled, Settled::Retrying { ref reason, .. } if reason == "BadOutput"),
+                "{settled:?}"
+            );
+            assert_eq!(ledger.pending[0].failures, attempt, "failures add up");
+        }
+        let last = settle(
+            &mut ledger,
+            BATCH,
+            retry.max_attempts,
+            huge(100),
+            &policy(&retry),
+            now(),
+        );
+        assert!(
+            matches!(last, Settled::FailedForGood { ref message, .. } if message.contains("finite")),
+            "{last:?}"
+        );
+        assert_eq!(
+            ledger.aggregate.sums["pay"],
+            f64::MAX,
+            "the first batch's total stays"
+        );
+        assert_eq!(ledger.completed.to_string(), "100-199");
     }
 
     #[test]

@@ -83,6 +83,20 @@ pub enum BadOutput {
         resume_from: u64,
         range: RecordRange,
     },
+    #[error("records {records} is more than the {done} records of batch {range} it covers")]
+    RecordsBeyondBatch {
+        records: u64,
+        done: u64,
+        range: RecordRange,
+    },
+    #[error(
+        "records {records} but batch {range} holds {expected}: a worker that did not finish its batch must say where to resume (resumeFrom)"
+    )]
+    RecordsShort {
+        records: u64,
+        expected: u64,
+        range: RecordRange,
+    },
 }
 
 impl WorkerResult {
@@ -105,8 +119,30 @@ impl WorkerResult {
         {
             return Err(BadOutput::ResumeOutsideBatch { resume_from, range });
         }
+        result.check_records(range)?;
         result.check_stop()?;
         Ok(result)
+    }
+
+    /// A worker cannot report more records than it was given, nor fewer without saying where
+    /// it stopped: either would inflate or silently drop records of the aggregate.
+    fn check_records(&self, range: RecordRange) -> Result<(), BadOutput> {
+        let done = self.done(range).len();
+        if self.records > done {
+            return Err(BadOutput::RecordsBeyondBatch {
+                records: self.records,
+                done,
+                range,
+            });
+        }
+        if self.resume_from.is_none() && self.records != done {
+            return Err(BadOutput::RecordsShort {
+                records: self.records,
+                expected: done,
+                range,
+            });
+        }
+        Ok(())
     }
 
     fn check_stop(&self) -> Result<(), BadOutput> {
@@ -263,6 +299,41 @@ mod tests {
             let err = WorkerResult::parse(&text, BATCH).unwrap_err();
             assert!(err.to_string().contains(says), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn records_beyond_the_batch_are_bad_output() {
+        let err = WorkerResult::parse(r#"{"records": 101}"#, BATCH).unwrap_err();
+        assert!(matches!(
+            err,
+            BadOutput::RecordsBeyondBatch {
+                records: 101,
+                done: 100,
+                ..
+            }
+        ));
+        let err = WorkerResult::parse(r#"{"records": 31, "resumeFrom": 130}"#, BATCH).unwrap_err();
+        assert!(
+            err.to_string().contains("more than the 30 records"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn fewer_records_without_a_resume_point_are_bad_output() {
+        let err = WorkerResult::parse(r#"{"records": 37}"#, BATCH).unwrap_err();
+        assert_eq!(
+            err,
+            BadOutput::RecordsShort {
+                records: 37,
+                expected: 100,
+                range: BATCH
+            }
+        );
+        assert!(err.to_string().contains("resumeFrom"), "{err}");
+        // With a resume point, a prefix may hold fewer records than it spans: none are lost,
+        // the rest runs again.
+        assert!(WorkerResult::parse(r#"{"records": 20, "resumeFrom": 130}"#, BATCH).is_ok());
     }
 
     #[test]

@@ -45,6 +45,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]                      # Events, patched when they repeat
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["list"]                                 # why a batch Job has no pod (FailedCreate)
 {{- end -}}
 
 {{/* Labels and annotations of the CRDs: kept on uninstall unless crds.keep is false. */}}

@@ -139,13 +139,14 @@ class Batch:
             yield Chunk(position, end, items)
             position = end
 
-    def done(self, chunk: Chunk, records: Optional[int] = None) -> None:
-        """Marks a chunk processed (its outputs flushed): the checkpoint moves past it.
-        ``records`` defaults to the chunk's size (pass fewer if rows were filtered out)."""
+    def done(self, chunk: Chunk) -> None:
+        """Marks a chunk processed (its outputs flushed): the checkpoint moves past it. Every
+        record of the chunk counts, the operator checks ``records`` against the batch; rows a
+        worker filters out go into a sum of their own (``add_sum("kept", n)``)."""
         if chunk.start != self.checkpoint:
             raise BatchError(f"chunk {chunk.start}-{chunk.end} is not the next one (checkpoint {self.checkpoint})")
         self.checkpoint = chunk.end
-        self.records += len(chunk) if records is None else records
+        self.records += len(chunk)
 
     # --- the result -----------------------------------------------------------------------
 

@@ -212,13 +212,10 @@ impl Batch {
         })
     }
 
-    /// Marks a chunk processed (its outputs flushed): the checkpoint moves past it.
+    /// Marks a chunk processed (its outputs flushed): the checkpoint moves past it. Every
+    /// record of the chunk counts, as the operator checks `records` against the batch; rows a
+    /// worker filters out go into a sum of their own (`add_sum("kept", n)`).
     pub fn done(&mut self, chunk: &Chunk) -> Result<(), BatchError> {
-        self.done_with(chunk, chunk.end - chunk.start)
-    }
-
-    /// Like `done`, counting `records` (fewer when rows were filtered out).
-    pub fn done_with(&mut self, chunk: &Chunk, records: u64) -> Result<(), BatchError> {
         if chunk.start != self.checkpoint {
             return Err(BatchError::OutOfOrder {
                 start: chunk.start,
@@ -227,7 +224,7 @@ impl Batch {
             });
         }
         self.checkpoint = chunk.end;
-        self.records += records;
+        self.records += chunk.end - chunk.start;
         Ok(())
     }
 
