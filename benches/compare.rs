@@ -404,6 +404,7 @@ fn planner_status_size(batches: u64, batch_size: u64, parallelism: u32) -> usize
                     deleting: false,
                     exit: None,
                     guard_action: None,
+                    ended: false,
                     waiting: None,
                 }],
             });
@@ -444,10 +445,12 @@ fn planner_status_size(batches: u64, batch_size: u64, parallelism: u32) -> usize
             },
             finished_at: Some(now),
         });
+        attempt.pods[0].ended = true;
         attempt.job.as_mut().unwrap().finished = Some(JobFinish {
             failed: fail,
             reason: String::new(),
             message: String::new(),
+            at: Some(now),
         });
         // Retries are not delayed in this synthetic cluster.
         for pending in &mut status.pending {

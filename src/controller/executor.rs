@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::{StreamExt, stream};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
@@ -148,7 +148,23 @@ pub async fn execute(
         })
         .buffer_unordered(IN_FLIGHT)
         .collect::<Vec<_>>();
-    let (released, created) = futures::join!(released, created);
+    // Settled Jobs past their retention go (their pods with them), and pods whose counted
+    // worker ended while a sidecar runs on are stopped.
+    let removals = plan
+        .remove_jobs
+        .iter()
+        .cloned()
+        .map(Removal::Job)
+        .chain(plan.stop.iter().cloned().map(Removal::Pod))
+        .collect::<Vec<_>>();
+    let removed = stream::iter(removals)
+        .map(|removal| {
+            let (jobs, pods) = (jobs.clone(), pods.clone());
+            async move { remove(removal, &jobs, &pods, ctx).await }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<_>>();
+    let (released, created, removed) = futures::join!(released, created, removed);
 
     for notice in &plan.notices {
         count(ctx, notice);
@@ -163,6 +179,7 @@ pub async fn execute(
     released
         .into_iter()
         .chain(created)
+        .chain(removed)
         .collect::<Result<Vec<()>, Error>>()?;
     if refused.load(std::sync::atomic::Ordering::Relaxed) {
         // At once: the next reconcile writes Stalled and waits out the refusal's backoff.
@@ -180,6 +197,38 @@ pub async fn execute(
         None if finished => Action::await_change(),
         None => Action::requeue(RESYNC),
     })
+}
+
+enum Removal {
+    Job(String),
+    Pod(String),
+}
+
+/// Deletes a settled Job (in the background: its pods follow) or a pod; gone already is fine.
+async fn remove(
+    removal: Removal,
+    jobs: &Api<Job>,
+    pods: &Api<Pod>,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let background = DeleteParams::background();
+    let deleted = match removal {
+        Removal::Job(name) => {
+            ctx.metrics.count_request("delete", "jobs");
+            jobs.delete(&name, &background).await.map(|_| ())
+        }
+        Removal::Pod(name) => {
+            ctx.metrics.count_request("delete", "pods");
+            pods.delete(&name, &DeleteParams::default())
+                .await
+                .map(|_| ())
+        }
+    };
+    match deleted {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Status codes of a Job creation that retrying at once will not change: the Job is invalid

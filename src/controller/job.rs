@@ -165,7 +165,11 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
             completions: Some(1),
             parallelism: Some(1),
             pod_replacement_policy: Some("Failed".into()),
-            ttl_seconds_after_finished: Some(spec.retention.succeeded_seconds),
+            // The operator removes settled Jobs after their retention; this is the backstop
+            // for when it cannot (long enough for a failed attempt's logs).
+            ttl_seconds_after_finished: Some(
+                (spec.retention.succeeded_seconds).max(spec.retention.failed_seconds),
+            ),
             suspend: kueue.is_some().then_some(true),
             template,
             ..Default::default()

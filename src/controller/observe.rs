@@ -117,6 +117,7 @@ fn job_state(job: &Job) -> JobState {
                 failed: c.type_ == "Failed",
                 reason: c.reason.clone().unwrap_or_default(),
                 message: c.message.clone().unwrap_or_default(),
+                at: c.last_transition_time.as_ref().map(|t| t.0),
             })
         });
     JobState {
@@ -207,6 +208,7 @@ fn pod_state(pod: &Pod, worker_container: &str) -> PodState {
     };
     PodState {
         waiting: if exit.is_none() { waiting(pod) } else { None },
+        ended: phase == "Succeeded" || phase == "Failed",
         name: pod.name_any(),
         holds_result: pod.finalizers().iter().any(|f| f == RESULT_FINALIZER),
         deleting: pod.metadata.deletion_timestamp.is_some(),

@@ -11,8 +11,10 @@ use super::labels::{JOB_NAME, RUN_UID};
 use crate::api::memory_bytes;
 use crate::plan::Holding;
 
-/// Memory a pod may hold: the sum of its containers' limits (or requests, where no limit is
-/// set), or its largest init container's if that is more, as the scheduler reckons.
+/// Memory a pod may hold, as the scheduler reckons it, with each container's limit (or its
+/// request, where no limit is set): its containers together with its native sidecars (init
+/// containers with `restartPolicy: Always`, which run beside them), or an ordinary init
+/// container with the sidecars started before it, if that is more.
 pub fn pod_memory_bytes(spec: &PodSpec) -> u64 {
     let of = |c: &Container| {
         let resources = c.resources.as_ref();
@@ -22,9 +24,18 @@ pub fn pod_memory_bytes(spec: &PodSpec) -> u64 {
             .and_then(|q| memory_bytes(&q.0).ok())
             .unwrap_or(0)
     };
-    let running: u64 = spec.containers.iter().map(of).sum();
-    let init = spec.init_containers.iter().flatten().map(of).max();
-    running.max(init.unwrap_or(0))
+    let mut sidecars = 0u64;
+    let mut init_peak = 0u64;
+    for init in spec.init_containers.iter().flatten() {
+        if init.restart_policy.as_deref() == Some("Always") {
+            sidecars += of(init);
+            init_peak = init_peak.max(sidecars);
+        } else {
+            init_peak = init_peak.max(sidecars + of(init));
+        }
+    }
+    let running: u64 = spec.containers.iter().map(of).sum::<u64>() + sidecars;
+    running.max(init_peak)
 }
 
 /// Memory the pod of a Job will hold (0 for a Job without a pod template spec).
@@ -118,6 +129,34 @@ pub fn queue_holdings<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn native_sidecars_count_beside_the_worker() {
+        let spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(serde_json::json!({
+            "initContainers": [
+                {"name": "setup", "image": "i", "resources": {"limits": {"memory": "300Mi"}}},
+                {"name": "proxy", "image": "i", "restartPolicy": "Always", "resources": {"limits": {"memory": "64Mi"}}},
+                {"name": "migrate", "image": "i", "resources": {"limits": {"memory": "200Mi"}}}
+            ],
+            "containers": [{"name": "worker", "image": "w", "resources": {"limits": {"memory": "128Mi"}}}]
+        }))
+        .unwrap();
+        // Running: worker 128 + proxy 64 = 192; init: setup 300 alone, migrate 200 + proxy 64.
+        assert_eq!(super::pod_memory_bytes(&spec), 300 << 20);
+        let mut lean = spec.clone();
+        lean.init_containers.as_mut().unwrap().remove(0);
+        assert_eq!(
+            super::pod_memory_bytes(&lean),
+            264 << 20,
+            "migrate with the proxy beside it"
+        );
+        lean.init_containers.as_mut().unwrap().pop();
+        assert_eq!(
+            super::pod_memory_bytes(&lean),
+            192 << 20,
+            "the proxy runs beside the worker"
+        );
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -12,6 +12,7 @@ mod planner;
 mod planner_tests;
 mod ranges;
 mod rerun;
+mod retention;
 mod settle;
 mod stall;
 
@@ -24,5 +25,6 @@ pub use observed::*;
 pub use planner::*;
 pub use ranges::*;
 pub use rerun::*;
+pub use retention::*;
 pub use settle::*;
 pub use stall::*;

@@ -36,6 +36,7 @@ pub struct JobFinish {
     pub failed: bool,
     pub reason: String,
     pub message: String,
+    pub at: Option<Timestamp>,
 }
 
 /// What matters about a worker pod.
@@ -51,6 +52,8 @@ pub struct PodState {
     pub guard_action: Option<GuardAction>,
     /// What keeps the worker from starting (unschedulable, image, container config).
     pub waiting: Option<NotStarted>,
+    /// Every container has ended (phase Succeeded or Failed): the pod holds no memory.
+    pub ended: bool,
 }
 
 /// A worker that has not started, and why.

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::{
     Ledger, Observed, ObservedAttempt, Outcome, RangeSet, RecordRange, Requeued, RunState,
-    SettlePolicy, Settled, fresh_batches, outcome_of, rerun_failed, settle, sized_batches, stall,
+    SettlePolicy, Settled, clean_up, fresh_batches, outcome_of, rerun_failed, settle,
+    sized_batches, stall,
 };
 use crate::api::{BatchRunSpec, BatchRunStatus, Phase, memory_bytes};
 use crate::guard::view::RunMemory;
@@ -56,6 +57,10 @@ pub struct Plan {
     pub status: Option<BatchRunStatus>,
     /// Pods whose result is in the (new) status: their result finalizer can go.
     pub release: Vec<String>,
+    /// Jobs of settled attempts whose retention has passed.
+    pub remove_jobs: Vec<String>,
+    /// Pods whose worker ended and is counted but that still run (sidecars).
+    pub stop: Vec<String>,
     pub launch: Vec<Launch>,
     pub notices: Vec<Notice>,
     /// Look again after this long even if nothing changes (backoff, retention).
@@ -77,6 +82,8 @@ pub fn plan(observed: &Observed) -> Plan {
     let mut plan = Plan {
         status: None,
         release: vec![],
+        remove_jobs: vec![],
+        stop: vec![],
         launch: vec![],
         notices: vec![],
         requeue_after: None,
@@ -146,25 +153,13 @@ pub fn plan(observed: &Observed) -> Plan {
                 settled,
             });
         }
-        let keep_until = match outcome {
-            Outcome::Failed { .. } => Some(spec.retention.failed_seconds),
-            Outcome::Finished(_) | Outcome::Stopped { .. } => None,
-        };
-        for pod in attempt
-            .pods
-            .iter()
-            .filter(|p| p.holds_result && p.exit.is_some())
-        {
-            let finished = pod.exit.as_ref().and_then(|e| e.finished_at).unwrap_or(now);
-            let release_at = finished + Duration::from_secs(keep_until.unwrap_or(0).max(0) as u64);
-            if release_at <= now {
-                plan.release.push(pod.name.clone());
-            } else {
-                plan.requeue_after = earliest(
-                    plan.requeue_after,
-                    release_at.duration_since(now).unsigned_abs(),
-                );
-            }
+        let failed = matches!(outcome, Outcome::Failed { .. });
+        let cleanup = clean_up(attempt, failed, &spec.retention, now);
+        plan.release.extend(cleanup.release);
+        plan.remove_jobs.extend(cleanup.remove_job);
+        plan.stop.extend(cleanup.stop);
+        if let Some(after) = cleanup.recheck {
+            plan.requeue_after = earliest(plan.requeue_after, after);
         }
     }
 
@@ -419,6 +414,8 @@ pub fn plan_invalid(observed: &Observed, message: String) -> Plan {
     Plan {
         status: changed(observed.status, finish_status(observed, &ledger, &state, 0)),
         release: vec![],
+        remove_jobs: vec![],
+        stop: vec![],
         launch: vec![],
         notices: vec![],
         requeue_after: None,

@@ -130,10 +130,12 @@ impl Sim {
             message: message.into(),
             finished_at: Some(self.now),
         });
+        attempt.pods[0].ended = true;
         attempt.job.as_mut().unwrap().finished = Some(JobFinish {
             failed: exit_code != 0,
             reason: reason.into(),
             message: String::new(),
+            at: Some(self.now),
         });
     }
 
@@ -179,6 +181,7 @@ fn running(range: RecordRange, attempt: u32) -> ObservedAttempt {
             deleting: false,
             exit: None,
             guard_action: None,
+            ended: false,
             waiting: None,
         }],
     }

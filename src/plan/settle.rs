@@ -380,6 +380,7 @@ mod tests {
                 holds_result: true,
                 deleting: false,
                 guard_action: None,
+                ended: false,
                 waiting: None,
                 exit: Some(WorkerExit {
                     exit_code,
@@ -442,6 +443,7 @@ mod tests {
                     failed: true,
                     reason: "DeadlineExceeded".into(),
                     message: "too slow".into(),
+                    at: None,
                 }),
                 created: None,
                 pod_refused: None,

@@ -179,6 +179,7 @@ mod tests {
             deleting: false,
             exit: None,
             guard_action: None,
+            ended: false,
             waiting: Some(NotStarted {
                 reason: reason.into(),
                 message: "Back-off pulling image \"w\"".into(),

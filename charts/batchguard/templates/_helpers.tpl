@@ -38,7 +38,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   verbs: ["patch"]                                # what a queue holds and who waits
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "watch", "create", "deletecollection"]   # one Job per batch; removed with the run
+  verbs: ["list", "watch", "create", "delete", "deletecollection"]   # one Job per batch, removed after its retention and with the run
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "patch", "delete"]     # result finalizer; the guard marks and drains
