@@ -119,10 +119,6 @@ spec:
     ))
 }
 
-fn sum_of_offsets(end: u64) -> f64 {
-    (0..end).sum::<u64>() as f64
-}
-
 /// The notes of the Events with this reason, each with how many times it happened (the
 /// recorder folds repeats of one reason and action into a series that keeps the first note).
 async fn event_notes(client: &Client, namespace: &str, reason: &str) -> Vec<(String, i32)> {

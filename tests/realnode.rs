@@ -33,51 +33,6 @@ with Batch.from_env() as batch:
     )
 }
 
-/// A BatchRun of records `[0, end)` on the real node, the worker running `script` with
-/// python3 in the worker image; `extra` is more of the spec, indented by two spaces.
-fn python_run(
-    node: &RealNode,
-    name: &str,
-    (end, batch_size, parallelism): (u64, u64, u32),
-    memory: (&str, &str),
-    script: &str,
-    extra: &str,
-) -> BatchRun {
-    let command = serde_json::to_string(&["python3", "-c", script]).unwrap();
-    batch_run(&format!(
-        r#"
-apiVersion: batchguard.dev/v1alpha1
-kind: BatchRun
-metadata:
-  name: {name}
-spec:
-  input:
-    range: {{start: 0, end: {end}}}
-    batchSize: {batch_size}
-  parallelism: {parallelism}
-  template:
-    spec:
-{placement}
-      containers:
-        - name: worker
-          image: {image}
-          imagePullPolicy: Never
-          command: {command}
-  resources:
-    memory: {{request: {request}, limit: {limit}}}
-{extra}
-"#,
-        placement = node.placement(6),
-        image = node.worker_image,
-        request = memory.0,
-        limit = memory.1,
-    ))
-}
-
-fn sum_of_offsets(end: u64) -> f64 {
-    (0..end).sum::<u64>() as f64
-}
-
 /// Pods of the namespace that the kernel OOM-killed, by name.
 async fn oom_killed_pods(client: &kube::Client, namespace: &str) -> Vec<String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);

@@ -411,13 +411,18 @@ pub fn plan_invalid(observed: &Observed, message: String) -> Plan {
         message,
     };
     let ledger = Ledger::from_status(observed.status).unwrap_or_default();
+    // One Event when the run turns invalid, not one per reconcile.
+    let notices = match observed.status.phase {
+        Some(Phase::Failed) => vec![],
+        _ => vec![Notice::Finished(state.clone())],
+    };
     Plan {
         status: changed(observed.status, finish_status(observed, &ledger, &state, 0)),
         release: vec![],
         remove_jobs: vec![],
         stop: vec![],
         launch: vec![],
-        notices: vec![],
+        notices,
         requeue_after: None,
     }
 }
