@@ -313,16 +313,25 @@ impl Poller {
     }
 
     async fn set_blind(&self, run: &BatchRun, uid: &str, reason: String, now: jiff::Timestamp) {
-        let mut newly = false;
-        self.view.update(uid, |memory| {
-            if memory.blind.is_none() {
+        let (mut newly, mut changed) = (false, false);
+        self.view.update(uid, |memory| match &mut memory.blind {
+            None => {
                 newly = true;
                 memory.blind = Some(Blindness {
                     since: now,
                     reason: reason.clone(),
                 });
             }
+            // Still blind, to other pods: the condition says which, the Event is not repeated.
+            Some(blind) if blind.reason != reason => {
+                changed = true;
+                blind.reason = reason.clone();
+            }
+            Some(_) => {}
         });
+        if changed {
+            let _ = self.trigger.unbounded_send(ObjectRef::from_obj(run));
+        }
         if newly {
             self.publish(
                 run,
