@@ -209,6 +209,9 @@ impl Poller {
                 let seen = memory.pods.entry(pod.clone()).or_default();
                 seen.fraction = *fraction;
                 seen.peak_fraction = seen.peak_fraction.max(*fraction);
+                if let Some((text, bytes)) = limit_of(pod) {
+                    (seen.limit, seen.limit_bytes) = (text, bytes);
+                }
             }
         });
         if unseen.is_empty() {
