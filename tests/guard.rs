@@ -383,39 +383,52 @@ async fn wait_running(client: &kube::Client, namespace: &str, run: &str, count: 
     .await
 }
 
-fn merge(value: serde_json::Value) -> Patch<serde_json::Value> {
-    Patch::Merge(value)
+/// Runs two batches whose first attempts grow 16Mi/s (85% of 128Mi after about 7s, 85% of
+/// 1Gi never within their 15s) and checkpoint 50 records when drained; once both workers run,
+/// `change` is merged into the run's spec. Returns the finished run.
+async fn change_mid_run(setup: &Setup, mut run: BatchRun, change: serde_json::Value) -> BatchRun {
+    let name = run.metadata.name.clone().unwrap();
+    let annotations = [
+        ("sim.batchguard.dev/duration", "15s"),
+        ("sim.batchguard.dev/memory-growth", "16Mi"),
+        ("sim.batchguard.dev/memory-attempts", "1"),
+        ("sim.batchguard.dev/resume-after", "50"),
+    ];
+    let meta = run
+        .spec
+        .template
+        .metadata
+        .get_or_insert_with(Default::default);
+    meta.annotations
+        .get_or_insert_with(Default::default)
+        .extend(annotations.map(|(k, v)| (k.to_string(), v.to_string())));
+    setup
+        .runs
+        .create(&PostParams::default(), &run)
+        .await
+        .unwrap();
+    wait_running(&setup.client, &setup.ns.name, &name, 2).await;
+    setup
+        .runs
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": change })),
+        )
+        .await
+        .unwrap();
+    wait_finished(&setup.runs, &name, Duration::from_secs(90), &setup.operator).await
 }
+
+const DRAIN_AND_RESUME: &str =
+    "{threshold: 85, action: Drain, drainGracePeriodSeconds: 2, onPressure: Resume}";
 
 #[tokio::test]
 async fn a_limit_raised_mid_run_does_not_hide_the_workers_started_under_the_old_one() {
-    let Setup {
-        client,
-        ns,
-        operator,
-        runs,
-    } = Setup::new("oldlimit").await;
-    // First attempts grow 16Mi/s: 85% of their 128Mi after about 7s, 85% of 1Gi never within
-    // their 15s.
-    let annotations = r#"sim.batchguard.dev/duration: "15s", sim.batchguard.dev/memory-growth: "16Mi", sim.batchguard.dev/memory-attempts: "1", sim.batchguard.dev/resume-after: "50""#;
-    let guard = "{threshold: 85, action: Drain, drainGracePeriodSeconds: 2, onPressure: Resume}";
-    runs.create(
-        &PostParams::default(),
-        &guarded("raised", 200, 100, annotations, guard),
-    )
-    .await
-    .unwrap();
-    wait_running(&client, &ns.name, "raised", 2).await;
-    runs.patch(
-        "raised",
-        &PatchParams::default(),
-        &merge(serde_json::json!({"spec": {"resources": {"memory": {"limit": "1Gi"}}}})),
-    )
-    .await
-    .unwrap();
-
-    let run = wait_finished(&runs, "raised", Duration::from_secs(90), &operator).await;
-    let status = run.status.clone().unwrap();
+    let setup = Setup::new("oldlimit").await;
+    let run = guarded("raised", 200, 100, "", DRAIN_AND_RESUME);
+    let change = serde_json::json!({"resources": {"memory": {"limit": "1Gi"}}});
+    let status = change_mid_run(&setup, run, change).await.status.unwrap();
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
     assert_eq!(
         status.guard.drains, 2,
@@ -423,7 +436,7 @@ async fn a_limit_raised_mid_run_does_not_hide_the_workers_started_under_the_old_
         status.guard
     );
     assert_eq!(status.aggregate.records, 200);
-    let drained = event_notes(&client, &ns.name, "Drained").await;
+    let drained = event_notes(&setup.client, &setup.ns.name, "Drained").await;
     assert!(
         drained.iter().all(|n| n.contains("of its 128Mi limit")),
         "{drained:?}"
@@ -432,33 +445,14 @@ async fn a_limit_raised_mid_run_does_not_hide_the_workers_started_under_the_old_
 
 #[tokio::test]
 async fn a_worker_renamed_mid_run_is_still_guarded_and_read() {
-    let Setup {
-        client,
-        ns,
-        operator,
-        runs,
-    } = Setup::new("renamed").await;
-    let annotations = r#"sim.batchguard.dev/duration: "15s", sim.batchguard.dev/memory-growth: "16Mi", sim.batchguard.dev/memory-attempts: "1", sim.batchguard.dev/resume-after: "50""#;
-    let guard = "{threshold: 85, action: Drain, drainGracePeriodSeconds: 2, onPressure: Resume}";
-    let mut run = guarded("renamed", 200, 100, annotations, guard);
+    let setup = Setup::new("renamed").await;
+    let mut run = guarded("renamed", 200, 100, "", DRAIN_AND_RESUME);
     run.spec.template.spec.as_mut().unwrap().containers[0].name = "main".into();
-    runs.create(&PostParams::default(), &run).await.unwrap();
-    wait_running(&client, &ns.name, "renamed", 2).await;
     // The template now calls the worker `worker`; the running pods' worker is still `main`.
-    runs.patch(
-        "renamed",
-        &PatchParams::default(),
-        &merge(
-            serde_json::json!({"spec": {"template": {"spec": {"containers": [
-                {"name": "worker", "image": "registry.example/etl:2"}
-            ]}}}}),
-        ),
-    )
-    .await
-    .unwrap();
-
-    let run = wait_finished(&runs, "renamed", Duration::from_secs(90), &operator).await;
-    let status = run.status.clone().unwrap();
+    let change = serde_json::json!({"template": {"spec": {"containers": [
+        {"name": "worker", "image": "registry.example/etl:2"}
+    ]}}});
+    let status = change_mid_run(&setup, run, change).await.status.unwrap();
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
     assert_eq!(status.guard.drains, 2, "{:?}", status.guard);
     assert!(
@@ -468,7 +462,7 @@ async fn a_worker_renamed_mid_run_is_still_guarded_and_read() {
     );
     assert_eq!(status.aggregate.records, 200);
     assert!(
-        event_notes(&client, &ns.name, "GuardBlind")
+        event_notes(&setup.client, &setup.ns.name, "GuardBlind")
             .await
             .is_empty(),
         "the guard never lost sight of the old workers"
@@ -477,13 +471,14 @@ async fn a_worker_renamed_mid_run_is_still_guarded_and_read() {
 
 #[tokio::test]
 async fn a_scrape_slower_than_the_poll_does_not_blind_the_guard() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, "slowscrape").await;
     // Every sample the guard reads is 45s old, as with a 30s or 60s scrape.
     let url = prometheus_proxy(|_| (45, Duration::ZERO)).await;
-    let operator = Operator::start_with_env(&ns.name, &[("PROMETHEUS_URL", &url)]);
-    let runs: Api<BatchRun> = Api::namespaced(client.clone(), &ns.name);
+    let Setup {
+        client,
+        ns,
+        operator,
+        runs,
+    } = Setup::with_env("slowscrape", &[("PROMETHEUS_URL", &url)]).await;
     let annotations = r#"sim.batchguard.dev/duration: "30s", sim.batchguard.dev/memory: "120Mi", sim.batchguard.dev/memory-attempts: "1""#;
     runs.create(
         &PostParams::default(),
@@ -518,19 +513,18 @@ async fn a_scrape_slower_than_the_poll_does_not_blind_the_guard() {
 
 #[tokio::test]
 async fn a_blind_guard_names_at_most_five_pods() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, "blindmany").await;
     // Samples five minutes old are stale for any setting.
     let url = prometheus_proxy(|_| (300, Duration::ZERO)).await;
-    let operator = Operator::start_with_env(
-        &ns.name,
-        &[
-            ("PROMETHEUS_URL", &url),
-            ("BATCHGUARD_MEMORY_MAX_SAMPLE_AGE", "5s"),
-        ],
-    );
-    let runs: Api<BatchRun> = Api::namespaced(client.clone(), &ns.name);
+    let env = [
+        ("PROMETHEUS_URL", url.as_str()),
+        ("BATCHGUARD_MEMORY_MAX_SAMPLE_AGE", "5s"),
+    ];
+    let Setup {
+        client: _,
+        ns: _ns,
+        operator: _operator,
+        runs,
+    } = Setup::with_env("blindmany", &env).await;
     let mut run = guarded(
         "wide",
         700,
@@ -555,7 +549,6 @@ async fn a_blind_guard_names_at_most_five_pods() {
     )
     .await;
     assert_eq!(message.matches("wide-").count(), 5, "{message}");
-    let _ = operator;
 }
 
 /// Denies the delete of any pod the guard marked in one namespace, until dropped.
@@ -710,7 +703,7 @@ async fn a_pod_marked_before_the_operator_died_is_deleted_after_its_restart() {
     pods.patch(
         &pod,
         &PatchParams::default(),
-        &merge(serde_json::json!({"metadata": {"annotations": {
+        &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
             "batchguard.dev/guard-action": "Drain", "batchguard.dev/guard-percent": "91"}}})),
     )
     .await
@@ -734,9 +727,6 @@ async fn a_pod_marked_before_the_operator_died_is_deleted_after_its_restart() {
 
 #[tokio::test]
 async fn a_slow_query_delays_only_its_own_run() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::new(&client, "slowquery").await;
     // Queries over the `slow` run's workers take 20s; those of `fast` are counted.
     let fast_queries = Arc::new(std::sync::Mutex::new(Vec::<std::time::Instant>::new()));
     let counted = fast_queries.clone();
@@ -748,14 +738,16 @@ async fn a_slow_query_delays_only_its_own_run() {
         (0, Duration::from_secs(delay))
     })
     .await;
-    let operator = Operator::start_with_env(
-        &ns.name,
-        &[
-            ("PROMETHEUS_URL", &url),
-            ("PROMETHEUS_TIMEOUT_SECONDS", "30"),
-        ],
-    );
-    let runs: Api<BatchRun> = Api::namespaced(client.clone(), &ns.name);
+    let env = [
+        ("PROMETHEUS_URL", url.as_str()),
+        ("PROMETHEUS_TIMEOUT_SECONDS", "30"),
+    ];
+    let Setup {
+        client,
+        ns,
+        operator,
+        runs,
+    } = Setup::with_env("slowquery", &env).await;
     let mut slow = guarded(
         "slow",
         100,

@@ -185,16 +185,12 @@ async fn workers(
     if running.is_empty() {
         return Ok("0 workers".into());
     }
-    let mut groups: Vec<WorkerGroup> = vec![];
-    for (pod, worker) in running.iter().filter(|(_, w)| w.limit.is_some()) {
-        match groups.iter_mut().find(|g| g.container == worker.container) {
-            Some(group) => group.pods.push(pod),
-            None => groups.push(WorkerGroup {
-                container: &worker.container,
-                pods: vec![pod],
-            }),
-        }
-    }
+    let groups = WorkerGroup::group(
+        running
+            .iter()
+            .filter(|(_, w)| w.limit.is_some())
+            .map(|(pod, w)| (pod.as_str(), w.container.as_str())),
+    );
     let memory = match prometheus {
         Some(prometheus) if !groups.is_empty() => {
             let namespace = run.namespace().unwrap_or_default();

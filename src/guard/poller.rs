@@ -136,28 +136,15 @@ impl Poller {
                 fraction: None,
             })
             .collect();
-        for decision in unfinished(&run.spec.memory_guard, &marked) {
-            let limit = limit_of(&decision.pod).map(|(text, _)| text);
-            self.act(
-                run,
-                &namespace,
-                &decision,
-                limit.as_deref().unwrap_or("unknown"),
-            )
-            .await;
-        }
+        let owed = unfinished(&run.spec.memory_guard, &marked);
+        self.act_all(run, &namespace, owed, &limit_of).await;
 
-        let mut groups: Vec<WorkerGroup> = vec![];
-        for (pod, worker) in live.iter().filter(|(_, w)| w.limit.is_some()) {
-            let name = pod.metadata.name.as_deref().unwrap_or_default();
-            match groups.iter_mut().find(|g| g.container == worker.container) {
-                Some(group) => group.pods.push(name),
-                None => groups.push(WorkerGroup {
-                    container: &worker.container,
-                    pods: vec![name],
-                }),
-            }
-        }
+        let groups = WorkerGroup::group(live.iter().filter(|(_, w)| w.limit.is_some()).map(
+            |(p, w)| {
+                let pod = p.metadata.name.as_deref().unwrap_or_default();
+                (pod, w.container.as_str())
+            },
+        ));
         let names: Vec<&str> = live
             .iter()
             .map(|(p, _)| p.metadata.name.as_deref().unwrap_or_default())
@@ -227,18 +214,24 @@ impl Poller {
                 ..w
             })
             .collect();
-        for decision in decide(&run.spec.memory_guard, &workers) {
-            let limit = limit_of(&decision.pod).map(|(text, _)| text);
-            self.act(
-                run,
-                &namespace,
-                &decision,
-                limit.as_deref().unwrap_or("unknown"),
-            )
-            .await;
-        }
+        let decisions = decide(&run.spec.memory_guard, &workers);
+        self.act_all(run, &namespace, decisions, &limit_of).await;
         if self.view.get(&uid) != before {
             let _ = self.trigger.unbounded_send(ObjectRef::from_obj(run));
+        }
+    }
+
+    async fn act_all(
+        &self,
+        run: &BatchRun,
+        namespace: &str,
+        decisions: Vec<Decision>,
+        limit_of: &impl Fn(&str) -> Option<(String, u64)>,
+    ) {
+        for decision in decisions {
+            let limit = limit_of(&decision.pod).map(|(text, _)| text);
+            let limit = limit.as_deref().unwrap_or("unknown");
+            self.act(run, namespace, &decision, limit).await;
         }
     }
 

@@ -28,6 +28,23 @@ pub struct WorkerGroup<'a> {
     pub pods: Vec<&'a str>,
 }
 
+impl<'a> WorkerGroup<'a> {
+    /// Groups (pod, worker container) pairs by container, in the order first seen.
+    pub fn group(pods: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<Self> {
+        let mut groups: Vec<Self> = vec![];
+        for (pod, container) in pods {
+            match groups.iter_mut().find(|g| g.container == container) {
+                Some(group) => group.pods.push(pod),
+                None => groups.push(Self {
+                    container,
+                    pods: vec![pod],
+                }),
+            }
+        }
+        groups
+    }
+}
+
 /// Memory of each listed pod's worker container, one value per pod, in one query.
 ///
 /// Series of dead containers linger (cAdvisor samples carry their own timestamps), so samples
@@ -167,6 +184,19 @@ mod tests {
                 },
             ],
             90,
+        );
+        assert_eq!(
+            WorkerGroup::group([("old-1", "main"), ("new-1", "worker"), ("new-2", "worker")]),
+            vec![
+                WorkerGroup {
+                    container: "main",
+                    pods: vec!["old-1"]
+                },
+                WorkerGroup {
+                    container: "worker",
+                    pods: vec!["new-1", "new-2"]
+                }
+            ]
         );
         let parts: Vec<&str> = q.split(" or ").collect();
         assert_eq!(parts.len(), 2, "{q}");

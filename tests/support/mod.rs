@@ -343,10 +343,15 @@ pub struct Setup {
 
 impl Setup {
     pub async fn new(prefix: &str) -> Self {
+        Self::with_env(prefix, &[]).await
+    }
+
+    /// The same with extra environment variables for the operator.
+    pub async fn with_env(prefix: &str, env: &[(&str, &str)]) -> Self {
         let client = client().await;
         install_crd(&client).await;
         let ns = TestNamespace::new(&client, prefix).await;
-        let operator = Operator::start(&ns.name);
+        let operator = Operator::start_with_env(&ns.name, env);
         let runs = Api::namespaced(client.clone(), &ns.name);
         Self {
             client,
