@@ -619,7 +619,7 @@ async fn a_drain_whose_delete_was_denied_is_retried() {
         runs,
     } = Setup::new("denied").await;
     let deny = DenyGuardDeletes::new(&ns.name).await;
-    let annotations = r#"sim.batchguard.dev/duration: "60s", sim.batchguard.dev/memory: "120Mi", sim.batchguard.dev/memory-attempts: "1", sim.batchguard.dev/resume-after: "10""#;
+    let annotations = r#"sim.batchguard.dev/duration: "25s", sim.batchguard.dev/memory: "120Mi", sim.batchguard.dev/memory-attempts: "1", sim.batchguard.dev/resume-after: "10""#;
     runs.create(
         &PostParams::default(),
         &guarded(
