@@ -256,6 +256,12 @@ impl Poller {
             "pod {} {measured} {}% of its {limit} limit (threshold {threshold}%): {doing}",
             decision.pod, decision.percent
         );
+        if decision.retry {
+            self.metrics.count_request("get", "pods");
+            if !still_owed(&pods, &decision.pod).await {
+                return;
+            }
+        }
         if !decision.retry {
             let mark = json!({"metadata": {"annotations": {
                 ACTION_ANNOTATION: format!("{:?}", decision.action),
@@ -396,4 +402,19 @@ fn mark_of(pod: &Pod) -> Option<Mark> {
         action: marked_action(pod.annotations())?,
         percent: marked_percent(pod.annotations()),
     })
+}
+
+/// A retry reads the pod fresh first: the cache may not show yet that the last delete went
+/// through, and a pod already stopping or stopped is owed nothing (nor a second Event).
+async fn still_owed(pods: &Api<Pod>, name: &str) -> bool {
+    match pods.get_opt(name).await {
+        Ok(Some(pod)) => {
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            pod.metadata.deletion_timestamp.is_none()
+                && !matches!(phase, Some("Succeeded" | "Failed"))
+        }
+        Ok(None) => false,
+        // Unknown: try the delete, which fails or succeeds on its own.
+        Err(_) => true,
+    }
 }
