@@ -13,7 +13,7 @@ use futures::channel::mpsc::UnboundedSender;
 use futures::stream::FuturesUnordered;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -137,7 +137,7 @@ impl Poller {
             })
             .collect();
         let owed = unfinished(&run.spec.memory_guard, &marked);
-        self.act_all(run, &namespace, owed, &limit_of).await;
+        self.act_all(run, &namespace, owed, &live).await;
 
         let groups = WorkerGroup::group(live.iter().filter(|(_, w)| w.limit.is_some()).map(
             |(p, w)| {
@@ -215,7 +215,7 @@ impl Poller {
             })
             .collect();
         let decisions = decide(&run.spec.memory_guard, &workers);
-        self.act_all(run, &namespace, decisions, &limit_of).await;
+        self.act_all(run, &namespace, decisions, &live).await;
         if self.view.get(&uid) != before {
             let _ = self.trigger.unbounded_send(ObjectRef::from_obj(run));
         }
@@ -226,18 +226,33 @@ impl Poller {
         run: &BatchRun,
         namespace: &str,
         decisions: Vec<Decision>,
-        limit_of: &impl Fn(&str) -> Option<(String, u64)>,
+        live: &[(Arc<Pod>, WorkerSpec)],
     ) {
         for decision in decisions {
-            let limit = limit_of(&decision.pod).map(|(text, _)| text);
-            let limit = limit.as_deref().unwrap_or("unknown");
-            self.act(run, namespace, &decision, limit).await;
+            let Some((pod, worker)) = live.iter().find(|(p, _)| p.name_any() == decision.pod)
+            else {
+                continue;
+            };
+            let limit = worker.limit.as_ref().map_or("unknown", |(text, _)| text);
+            self.act(run, namespace, &decision, limit, pod.resource_version())
+                .await;
         }
     }
 
     /// Marks the pod, then deletes it. A failed delete is retried at the next poll (the mark
     /// says it is owed); the action is counted and announced once the pod is stopping.
-    async fn act(&self, run: &BatchRun, namespace: &str, decision: &Decision, limit: &str) {
+    ///
+    /// A retry deletes only the version of the pod the cache holds: if the cache is behind (the
+    /// last delete went through after all), the conflict leaves the pod alone and announces
+    /// nothing twice; the next poll sees the pod as it is.
+    async fn act(
+        &self,
+        run: &BatchRun,
+        namespace: &str,
+        decision: &Decision,
+        limit: &str,
+        version: Option<String>,
+    ) {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let threshold = run.spec.memory_guard.threshold;
         let (reason, doing) = match decision.action {
@@ -256,12 +271,6 @@ impl Poller {
             "pod {} {measured} {}% of its {limit} limit (threshold {threshold}%): {doing}",
             decision.pod, decision.percent
         );
-        if decision.retry {
-            self.metrics.count_request("get", "pods");
-            if !still_owed(&pods, &decision.pod).await {
-                return;
-            }
-        }
         if !decision.retry {
             let mark = json!({"metadata": {"annotations": {
                 ACTION_ANNOTATION: format!("{:?}", decision.action),
@@ -280,12 +289,18 @@ impl Poller {
             self.metrics.count_request("delete", "pods");
             let params = DeleteParams {
                 grace_period_seconds: Some(grace.max(0) as u32),
+                preconditions: decision.retry.then_some(Preconditions {
+                    resource_version: version,
+                    uid: None,
+                }),
                 ..Default::default()
             };
             match pods.delete(&decision.pod, &params).await {
                 Ok(_) => {}
                 // Gone already: its worker is stopped, nothing is owed.
                 Err(kube::Error::Api(e)) if e.code == 404 => return,
+                // The cache was behind: the next poll decides again from the pod as it is.
+                Err(kube::Error::Api(e)) if e.code == 409 && decision.retry => return,
                 Err(error) => {
                     tracing::warn!(pod = %decision.pod, %error, retry = decision.retry, "could not stop the pod; the next poll retries");
                     if !decision.retry {
@@ -402,19 +417,4 @@ fn mark_of(pod: &Pod) -> Option<Mark> {
         action: marked_action(pod.annotations())?,
         percent: marked_percent(pod.annotations()),
     })
-}
-
-/// A retry reads the pod fresh first: the cache may not show yet that the last delete went
-/// through, and a pod already stopping or stopped is owed nothing (nor a second Event).
-async fn still_owed(pods: &Api<Pod>, name: &str) -> bool {
-    match pods.get_opt(name).await {
-        Ok(Some(pod)) => {
-            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-            pod.metadata.deletion_timestamp.is_none()
-                && !matches!(phase, Some("Succeeded" | "Failed"))
-        }
-        Ok(None) => false,
-        // Unknown: try the delete, which fails or succeeds on its own.
-        Err(_) => true,
-    }
 }
