@@ -149,7 +149,12 @@ impl Operator {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_batchguard"))
+        // BATCHGUARD_TEST_OPERATOR runs the tests against another build of the operator (an
+        // older one, to see a test fail without a fix).
+        let binary = std::env::var_os("BATCHGUARD_TEST_OPERATOR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_batchguard")));
+        let child = Command::new(binary)
             .args([
                 "--namespace",
                 namespace,
