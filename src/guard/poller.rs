@@ -309,8 +309,9 @@ impl Poller {
                             EventType::Warning,
                             "GuardActionFailed",
                             format!(
-                                "could not stop pod {} ({error}); retrying at every poll",
-                                decision.pod
+                                "could not stop pod {} ({}); retrying at every poll",
+                                decision.pod,
+                                api_message(&error)
                             ),
                         )
                         .await;
@@ -383,7 +384,7 @@ impl Poller {
         let event = Event {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(bounded(note, MAX_NOTE_CHARS)),
             action: "Guard".into(),
             secondary: None,
         };
@@ -417,4 +418,39 @@ fn mark_of(pod: &Pod) -> Option<Mark> {
         action: marked_action(pod.annotations())?,
         percent: marked_percent(pod.annotations()),
     })
+}
+
+/// An Event's note may hold at most 1024 characters.
+const MAX_NOTE_CHARS: usize = 1024;
+
+/// What the API server said, without the client's wrapping (its full status and debug form).
+fn api_message(error: &kube::Error) -> String {
+    let text = match error {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    };
+    bounded(text, 300)
+}
+
+/// The text cut to `max` characters, ending in an ellipsis when cut.
+fn bounded(text: String, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text;
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_stay_within_what_an_event_holds() {
+        assert_eq!(bounded("short".into(), 10), "short");
+        let long = bounded("é".repeat(2000), MAX_NOTE_CHARS);
+        assert_eq!(long.chars().count(), MAX_NOTE_CHARS);
+        assert!(long.ends_with('…'));
+    }
 }
