@@ -9,7 +9,7 @@ use kube::Client;
 
 use batchguard::admin::{self, Health};
 use batchguard::guard::prometheus::{Prometheus, PrometheusFlags};
-use batchguard::guard::promql::MemoryMetric;
+use batchguard::guard::promql::{DEFAULT_MAX_SAMPLE_AGE, MemoryMetric, parse_age};
 use batchguard::metrics::Metrics;
 use batchguard::telemetry::{self, LogFormat};
 use batchguard::{controller, leader};
@@ -54,6 +54,18 @@ struct Flags {
     /// How often the memory guard reads worker memory.
     #[arg(long, env = "BATCHGUARD_POLL_INTERVAL_SECONDS", default_value_t = 5)]
     poll_interval_seconds: u64,
+    /// How old a memory sample may be and still count (seconds, or a duration like 90s or 2m).
+    /// It follows the scrape interval of the job that scrapes cAdvisor, not the poll interval:
+    /// keep it above that interval plus cAdvisor's housekeeping (10-15 s). The default suits
+    /// 15 s, 30 s and 60 s scrapes; a worker running longer than this without a fresh sample
+    /// makes the guard blind for its run.
+    #[arg(
+        long,
+        env = "BATCHGUARD_MEMORY_MAX_SAMPLE_AGE",
+        default_value = DEFAULT_MAX_SAMPLE_AGE,
+        value_parser = parse_age
+    )]
+    memory_max_sample_age: std::time::Duration,
     /// Which memory series the guard reads.
     #[arg(
         long,
@@ -112,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
             prometheus: Prometheus::new(url, &flags.prometheus)?,
             metric: flags.memory_metric,
             interval: std::time::Duration::from_secs(flags.poll_interval_seconds.max(1)),
+            max_sample_age: flags.memory_max_sample_age,
         }))
     };
     let mut controllers = Vec::new();

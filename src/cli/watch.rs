@@ -16,11 +16,11 @@ use kube::api::ListParams;
 
 use super::client::{CliError, Target, api_error};
 use super::format::{finished, phase, progress};
-use crate::api::{BatchRun, Phase, memory_bytes};
-use crate::controller::job::worker_container;
+use crate::api::{BatchRun, Phase};
 use crate::controller::labels::RUN_UID;
+use crate::controller::worker_pod::{WorkerSpec, worker_of};
 use crate::guard::prometheus::{Prometheus, PrometheusFlags};
-use crate::guard::promql::{MemoryMetric, worker_memory_query};
+use crate::guard::promql::{MemoryMetric, WorkerGroup, worker_memory_query};
 
 pub async fn run(
     target: &Target,
@@ -174,34 +174,39 @@ async fn workers(
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(api_error)?;
-    let running: Vec<String> = pods
+    // Each pod through its own worker container, against its own limit: the run's spec may
+    // have changed since its Job was built.
+    let running: Vec<(String, WorkerSpec)> = pods
         .items
         .iter()
         .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .map(|p| p.name_any())
+        .filter_map(|p| Some((p.name_any(), worker_of(p, None)?)))
         .collect();
     if running.is_empty() {
         return Ok("0 workers".into());
     }
-    let container = worker_container(run);
-    let limit = memory_bytes(&run.spec.resources.memory.limit).unwrap_or(0) as f64;
+    let groups = WorkerGroup::group(
+        running
+            .iter()
+            .filter(|(_, w)| w.limit.is_some())
+            .map(|(pod, w)| (pod.as_str(), w.container.as_str())),
+    );
     let memory = match prometheus {
-        Some(prometheus) if limit > 0.0 => {
-            let names: Vec<&str> = running.iter().map(String::as_str).collect();
+        Some(prometheus) if !groups.is_empty() => {
             let namespace = run.namespace().unwrap_or_default();
-            let query =
-                worker_memory_query(MemoryMetric::WorkingSet, &namespace, &container, &names, 30);
+            let query = worker_memory_query(MemoryMetric::WorkingSet, &namespace, &groups, 90);
             prometheus.pod_values(&query).await.ok()
         }
         _ => None,
     };
     let shown: Vec<String> = running
         .iter()
-        .map(|pod| {
+        .map(|(pod, worker)| {
             let percent = memory
                 .as_ref()
                 .and_then(|m| m.iter().find(|(p, _)| p == pod))
-                .map(|(_, bytes)| format!(" {:.0}%", bytes / limit * 100.0))
+                .zip(worker.limit.as_ref())
+                .map(|((_, bytes), (_, limit))| format!(" {:.0}%", bytes / *limit as f64 * 100.0))
                 .unwrap_or_default();
             format!("{pod}{percent}")
         })

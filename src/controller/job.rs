@@ -13,7 +13,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
-use super::labels::{KUEUE_QUEUE, QUEUE, RESULT_FINALIZER, batch_labels, job_name};
+use super::labels::{
+    KUEUE_QUEUE, QUEUE, RESULT_FINALIZER, WORKER_CONTAINER, batch_labels, job_name,
+};
 use crate::api::{BatchRun, GuardAction, memory_bytes};
 use crate::plan::Launch;
 use crate::worker::env;
@@ -93,6 +95,14 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
     meta.labels
         .get_or_insert_with(Default::default)
         .extend(labels.clone());
+    // The guard and the observer read the worker's name back from the pod: the run's template
+    // may rename it while this Job's pod still runs.
+    let worker_name = worker_container(run);
+    if !worker_name.is_empty() {
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(WORKER_CONTAINER.into(), worker_name);
+    }
     let finalizers = meta.finalizers.get_or_insert_with(Default::default);
     if !finalizers.iter().any(|f| f == RESULT_FINALIZER) {
         finalizers.push(RESULT_FINALIZER.to_string());
@@ -335,6 +345,11 @@ mod tests {
             "10"
         );
         assert_eq!(pod_meta.annotations.as_ref().unwrap()["team"], "payroll");
+        assert_eq!(
+            pod_meta.annotations.as_ref().unwrap()[WORKER_CONTAINER],
+            "worker",
+            "the pod says which container is the worker"
+        );
         assert_eq!(
             pod_meta.finalizers.as_deref(),
             Some(&["batchguard.dev/result".to_string()][..])

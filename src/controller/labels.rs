@@ -18,6 +18,10 @@ pub const JOB_NAME: &str = "batch.kubernetes.io/job-name";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGER: &str = "batchguard";
 
+/// On batch Jobs' pod templates, so on their pods: the name of the worker container, which the
+/// run's template may rename while older workers still run.
+pub const WORKER_CONTAINER: &str = "batchguard.dev/worker-container";
+
 /// On worker pods: the pod cannot vanish before its result is in the run's status.
 pub const RESULT_FINALIZER: &str = "batchguard.dev/result";
 /// On runs: a new value queues the failed ranges again (`kubectl batchguard retry --failed`).

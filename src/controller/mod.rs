@@ -11,6 +11,7 @@ pub mod queue_usage;
 mod queues;
 mod reconcile;
 mod setbacks;
+pub mod worker_pod;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,6 +70,8 @@ pub struct GuardSettings {
     pub prometheus: Prometheus,
     pub metric: MemoryMetric,
     pub interval: Duration,
+    /// Samples older than this are not trusted (see `--memory-max-sample-age`).
+    pub max_sample_age: Duration,
 }
 
 /// Runs the controller until a shutdown signal, over one namespace or all of them.
@@ -141,6 +144,7 @@ pub async fn run(
         setbacks: Default::default(),
     });
     let pod_store = pods.clone();
+    let job_store = jobs.clone();
     let watcher_ready = context.clone();
     tokio::spawn(async move {
         let (a, b, c) = futures::join!(
@@ -162,8 +166,10 @@ pub async fn run(
             prometheus: settings.prometheus,
             metric: settings.metric,
             interval: settings.interval,
+            max_sample_age: settings.max_sample_age,
             runs: run_store.clone(),
             pods: pod_store,
+            jobs: job_store,
             view,
             metrics,
             recorder,

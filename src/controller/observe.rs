@@ -6,9 +6,9 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use super::labels::{RESULT_FINALIZER, RUN_UID, batch_of};
-use crate::api::GuardAction;
-use crate::guard::ACTION_ANNOTATION;
+use super::labels::{JOB_NAME, RESULT_FINALIZER, RUN_UID, batch_of};
+use super::worker_pod::worker_container_of;
+use crate::guard::marked_action;
 use crate::plan::{
     JobFinish, JobState, NotStarted, ObservedAttempt, PodState, RecordRange, WorkerExit,
 };
@@ -70,23 +70,34 @@ fn controller_uid<'a>(
         .map(|o| o.uid.as_str())
 }
 
-/// Groups the Jobs and pods of one run by (range, attempt).
+/// Groups the Jobs and pods of one run by (range, attempt). Each pod's worker container is
+/// the one its own Job was built with; `worker_container` (the run's current one) only names
+/// it for a pod that says nothing.
 pub fn attempts<'a>(
     jobs: impl IntoIterator<Item = &'a Job>,
     pods: impl IntoIterator<Item = &'a Pod>,
     worker_container: &str,
 ) -> Vec<ObservedAttempt> {
     let mut by_batch: BTreeMap<(RecordRange, u32), ObservedAttempt> = BTreeMap::new();
+    let mut job_of: BTreeMap<String, &Job> = BTreeMap::new();
     for job in jobs {
         if let Some(key) = batch_of(job.labels()) {
             entry(&mut by_batch, key).job = Some(job_state(job));
         }
+        job_of.insert(job.name_any(), job);
     }
     for pod in pods {
         if let Some(key) = batch_of(pod.labels()) {
-            entry(&mut by_batch, key)
-                .pods
-                .push(pod_state(pod, worker_container));
+            let job = pod
+                .labels()
+                .get(JOB_NAME)
+                .and_then(|j| job_of.get(j))
+                .copied();
+            let worker = worker_container_of(pod, job);
+            entry(&mut by_batch, key).pods.push(pod_state(
+                pod,
+                worker.as_deref().unwrap_or(worker_container),
+            ));
         }
     }
     by_batch.into_values().collect()
@@ -213,15 +224,7 @@ fn pod_state(pod: &Pod, worker_container: &str) -> PodState {
         holds_result: pod.finalizers().iter().any(|f| f == RESULT_FINALIZER),
         deleting: pod.metadata.deletion_timestamp.is_some(),
         exit,
-        guard_action: pod
-            .annotations()
-            .get(ACTION_ANNOTATION)
-            .and_then(|a| match a.as_str() {
-                "Drain" => Some(GuardAction::Drain),
-                "Restart" => Some(GuardAction::Restart),
-                "Observe" => Some(GuardAction::Observe),
-                _ => None,
-            }),
+        guard_action: marked_action(pod.annotations()),
     }
 }
 
@@ -321,6 +324,25 @@ mod tests {
         assert!(
             owned("run-2", [&job], [&real]).pods.is_empty(),
             "another run's pods are not read"
+        );
+    }
+
+    #[test]
+    fn a_pod_is_read_through_its_own_worker_container_after_a_rename() {
+        // Built when the worker was `main`; the run's template calls it `worker` now.
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "labels": labels(0, 10, 1),
+                         "annotations": {"batchguard.dev/worker-container": "main"}},
+            "status": {"phase": "Failed", "containerStatuses": [{
+                "name": "main", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 143, "reason": "Error", "message": "{\"records\":5}"}}}]}
+        }))
+        .unwrap();
+        let attempts = attempts([], [&pod], "worker");
+        let exit = attempts[0].pods[0].exit.as_ref().unwrap();
+        assert_eq!(
+            (exit.exit_code, exit.message.as_str()),
+            (143, "{\"records\":5}")
         );
     }
 

@@ -1,19 +1,30 @@
-//! The guard's decisions (pure): which workers to drain, restart or merely report.
+//! The guard's decisions (pure): which workers to drain, restart or merely report, which
+//! earlier actions still miss their delete, and how a blind guard names the pods it cannot see.
 
 use crate::api::{GuardAction, MemoryGuard};
 
 /// Grace period of a Restart: the worker is not expected to checkpoint.
 pub const RESTART_GRACE_SECONDS: i64 = 5;
 
-/// A live worker as the guard sees it.
+/// At most this many pods are named when the guard cannot see them; the rest are counted.
+pub const MAX_NAMED_PODS: usize = 5;
+
+/// A live worker as the guard sees it: not being deleted, its worker container running.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Worker<'a> {
     pub pod: &'a str,
-    /// The guard already acted on this pod (or it is being deleted anyway).
-    pub acted: bool,
-    /// Latest fresh memory sample as a fraction of the limit; `None` when there is none —
-    /// missing data is never read as zero.
+    /// What the guard already did to this pod, read back from its annotations.
+    pub mark: Option<Mark>,
+    /// Latest fresh memory sample as a fraction of the pod's own limit; `None` when there is
+    /// none — missing data is never read as zero.
     pub fraction: Option<f64>,
+}
+
+/// The guard's action recorded on a pod, with the percent it measured then.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Mark {
+    pub action: GuardAction,
+    pub percent: u32,
 }
 
 /// What to do with one worker.
@@ -24,29 +35,72 @@ pub struct Decision {
     pub percent: u32,
     /// Grace period for the pod deletion (none for Observe).
     pub grace_seconds: Option<i64>,
+    /// The pod already carries the mark and only its delete is left: the delete failed
+    /// (throttled, a server error, a webhook's denial) or the operator died in between.
+    pub retry: bool,
 }
 
+/// New actions: unmarked workers at or above the threshold.
 pub fn decide(guard: &MemoryGuard, workers: &[Worker]) -> Vec<Decision> {
     let threshold = f64::from(guard.threshold) / 100.0;
     workers
         .iter()
-        .filter(|w| !w.acted)
+        .filter(|w| w.mark.is_none())
         .filter_map(|w| {
             let fraction = w.fraction?;
             (fraction >= threshold).then(|| Decision {
                 pod: w.pod.to_string(),
                 action: guard.action,
                 percent: (fraction * 100.0).round() as u32,
-                grace_seconds: match guard.action {
-                    GuardAction::Drain => Some(guard.drain_grace_period_seconds),
-                    GuardAction::Restart => {
-                        Some(RESTART_GRACE_SECONDS.min(guard.drain_grace_period_seconds))
-                    }
-                    GuardAction::Observe => None,
-                },
+                grace_seconds: grace(guard, guard.action),
+                retry: false,
             })
         })
         .collect()
+}
+
+/// Earlier actions whose delete is still owed: a live worker marked for Drain or Restart is
+/// deleted again, whatever its memory now and whether or not the guard can see it. The
+/// action is the one recorded, not the run's current setting.
+pub fn unfinished(guard: &MemoryGuard, workers: &[Worker]) -> Vec<Decision> {
+    workers
+        .iter()
+        .filter_map(|w| {
+            let mark = w.mark?;
+            let grace_seconds = grace(guard, mark.action)?;
+            Some(Decision {
+                pod: w.pod.to_string(),
+                action: mark.action,
+                percent: mark.percent,
+                grace_seconds: Some(grace_seconds),
+                retry: true,
+            })
+        })
+        .collect()
+}
+
+fn grace(guard: &MemoryGuard, action: GuardAction) -> Option<i64> {
+    match action {
+        GuardAction::Drain => Some(guard.drain_grace_period_seconds),
+        GuardAction::Restart => Some(RESTART_GRACE_SECONDS.min(guard.drain_grace_period_seconds)),
+        GuardAction::Observe => None,
+    }
+}
+
+/// Why the guard is blind to some live workers; names a bounded number of them, since the
+/// reason reaches a condition and an Event.
+pub fn unseen_reason(pods: &[&str]) -> String {
+    let named = pods
+        .iter()
+        .take(MAX_NAMED_PODS)
+        .copied()
+        .collect::<Vec<_>>();
+    let noun = if pods.len() == 1 { "pod" } else { "pods" };
+    let mut reason = format!("no fresh memory sample for {noun} {}", named.join(", "));
+    if pods.len() > MAX_NAMED_PODS {
+        reason.push_str(&format!(" and {} more", pods.len() - MAX_NAMED_PODS));
+    }
+    reason
 }
 
 #[cfg(test)]
@@ -63,7 +117,18 @@ mod tests {
     fn worker(pod: &str, fraction: Option<f64>) -> Worker<'_> {
         Worker {
             pod,
-            acted: false,
+            mark: None,
+            fraction,
+        }
+    }
+
+    fn marked(pod: &str, action: GuardAction, fraction: Option<f64>) -> Worker<'_> {
+        Worker {
+            pod,
+            mark: Some(Mark {
+                action,
+                percent: 91,
+            }),
             fraction,
         }
     }
@@ -82,6 +147,7 @@ mod tests {
             .collect();
         assert_eq!(pods, vec![("edge", 85), ("high", 97)]);
         assert!(decisions.iter().all(|d| d.grace_seconds == Some(60)));
+        assert!(decisions.iter().all(|d| !d.retry));
     }
 
     #[test]
@@ -91,11 +157,7 @@ mod tests {
 
     #[test]
     fn a_worker_is_acted_on_once() {
-        let acted = Worker {
-            pod: "p",
-            acted: true,
-            fraction: Some(0.99),
-        };
+        let acted = marked("p", GuardAction::Drain, Some(0.99));
         assert!(decide(&guard(GuardAction::Drain), &[acted]).is_empty());
     }
 
@@ -117,5 +179,55 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(decide(&guard, &[worker("p", Some(0.55))]).len(), 1);
+    }
+
+    #[test]
+    fn a_marked_worker_still_running_is_deleted_again() {
+        // Its memory fell, or the guard is blind: the owed delete does not depend on it.
+        let workers = [
+            marked("drained", GuardAction::Drain, Some(0.2)),
+            marked("blind", GuardAction::Drain, None),
+            worker("fresh", Some(0.95)),
+        ];
+        let retries = unfinished(&guard(GuardAction::Drain), &workers);
+        let pods: Vec<_> = retries
+            .iter()
+            .map(|d| (d.pod.as_str(), d.percent, d.retry))
+            .collect();
+        assert_eq!(pods, vec![("drained", 91, true), ("blind", 91, true)]);
+        assert!(retries.iter().all(|d| d.grace_seconds == Some(60)));
+    }
+
+    #[test]
+    fn a_retry_repeats_the_recorded_action_not_the_current_one() {
+        let workers = [marked("p", GuardAction::Restart, None)];
+        let retries = unfinished(&guard(GuardAction::Drain), &workers);
+        assert_eq!(
+            (retries[0].action, retries[0].grace_seconds),
+            (GuardAction::Restart, Some(RESTART_GRACE_SECONDS))
+        );
+    }
+
+    #[test]
+    fn an_observed_worker_owes_no_delete() {
+        let workers = [marked("p", GuardAction::Observe, Some(0.99))];
+        assert!(unfinished(&guard(GuardAction::Drain), &workers).is_empty());
+        assert!(decide(&guard(GuardAction::Drain), &workers).is_empty());
+    }
+
+    #[test]
+    fn a_blind_guard_names_at_most_five_pods() {
+        assert_eq!(unseen_reason(&["a"]), "no fresh memory sample for pod a");
+        assert_eq!(
+            unseen_reason(&["a", "b"]),
+            "no fresh memory sample for pods a, b"
+        );
+        let many: Vec<String> = (1..=12).map(|i| format!("p{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(
+            unseen_reason(&many),
+            "no fresh memory sample for pods p1, p2, p3, p4, p5 and 7 more"
+        );
+        assert!(!unseen_reason(&many[..5]).contains("more"));
     }
 }

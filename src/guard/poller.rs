@@ -1,27 +1,33 @@
 //! The poller: every interval, one query per run over its live workers, then the decided
-//! actions. A pod is annotated with the action before it is deleted, so a crash between the
-//! two never repeats the action, and the planner can tell a stopped worker from a failure.
+//! actions; runs are polled concurrently, a bounded number at once. A pod is annotated with
+//! the action before it is deleted, so a crash between the two never repeats the action, the
+//! next poll retries a delete still owed, and the planner can tell a stopped worker from a
+//! failure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
+use futures::stream::FuturesUnordered;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use super::decide::{Decision, Worker, decide};
+use super::decide::{Decision, Mark, Worker, decide, unfinished, unseen_reason};
 use super::prometheus::Prometheus;
-use super::promql::{MemoryMetric, worker_memory_query};
+use super::promql::{MemoryMetric, WorkerGroup, worker_memory_query};
+use super::schedule::{MAX_CONCURRENT_POLLS, to_start};
 use super::view::{Blindness, GuardView};
-use super::{ACTION_ANNOTATION, PERCENT_ANNOTATION};
-use crate::api::{BatchRun, GuardAction, Phase, memory_bytes};
-use crate::controller::job::worker_index;
-use crate::controller::labels::RUN_UID;
+use super::{ACTION_ANNOTATION, PERCENT_ANNOTATION, marked_action, marked_percent};
+use crate::api::{BatchRun, GuardAction, Phase};
+use crate::controller::labels::{JOB_NAME, RUN_UID};
+use crate::controller::worker_pod::{WorkerSpec, worker_of};
 use crate::metrics::Metrics;
 
 pub struct Poller {
@@ -29,8 +35,13 @@ pub struct Poller {
     pub prometheus: Prometheus,
     pub metric: MemoryMetric,
     pub interval: Duration,
+    /// Samples older than this are a dead container's leftovers; it follows the scrape
+    /// interval (plus cAdvisor's housekeeping), not the poll interval.
+    pub max_sample_age: Duration,
     pub runs: Store<BatchRun>,
     pub pods: Store<Pod>,
+    /// A pod's Job, for what the pod spec lacks (its worker's limit).
+    pub jobs: Store<Job>,
     pub view: GuardView,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
@@ -39,20 +50,41 @@ pub struct Poller {
 }
 
 impl Poller {
+    /// Every tick, starts a poll of each run not still being polled, a bounded number at
+    /// once: a slow query holds up its own run only.
     pub async fn run(self) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut in_flight = FuturesUnordered::new();
+        let mut busy: BTreeSet<String> = BTreeSet::new();
+        let mut round = 0usize;
         loop {
-            ticker.tick().await;
-            for run in self.runs.state() {
-                self.poll_run(&run).await;
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let runs: BTreeMap<String, Arc<BatchRun>> = self
+                        .runs
+                        .state()
+                        .into_iter()
+                        .filter_map(|run| Some((run.uid()?, run)))
+                        .collect();
+                    let order: Vec<String> = runs.keys().cloned().collect();
+                    for uid in to_start(&order, &busy, MAX_CONCURRENT_POLLS, round) {
+                        let Some(run) = runs.get(uid).cloned() else { continue };
+                        busy.insert(uid.to_string());
+                        let uid = uid.to_string();
+                        let this = &self;
+                        in_flight.push(async move {
+                            this.poll_run(&run).await;
+                            uid
+                        });
+                    }
+                    round = round.wrapping_add(1);
+                }
+                Some(uid) = in_flight.next(), if !in_flight.is_empty() => {
+                    busy.remove(&uid);
+                }
             }
         }
-    }
-
-    /// Samples older than this are a dead container's leftovers.
-    fn max_sample_age(&self) -> u32 {
-        (self.interval.as_secs() as u32 * 3).max(30)
     }
 
     async fn poll_run(&self, run: &BatchRun) {
@@ -67,52 +99,80 @@ impl Poller {
             self.view.forget(&uid);
             return;
         }
-        let Ok(limit) = memory_bytes(&run.spec.resources.memory.limit) else {
-            return;
-        };
-        let Some(container) = run
-            .spec
-            .template
-            .spec
-            .as_ref()
-            .and_then(|p| worker_index(p).map(|i| p.containers[i].name.clone()))
-        else {
-            return;
-        };
-        let live: Vec<Arc<Pod>> = self
+        // Each pod is measured through its own worker container against its own limit: the
+        // run's spec may have changed since its Job was built.
+        let live: Vec<(Arc<Pod>, WorkerSpec)> = self
             .pods
             .state()
             .into_iter()
             .filter(|p| {
                 p.labels().get(RUN_UID) == Some(&uid) && p.metadata.deletion_timestamp.is_none()
             })
-            .filter(|p| running(p, &container))
+            .filter_map(|p| {
+                let job = p
+                    .labels()
+                    .get(JOB_NAME)
+                    .and_then(|job| self.jobs.get(&ObjectRef::new(job).within(&namespace)));
+                let worker = worker_of(&p, job.as_deref())?;
+                running(&p, &worker.container).then_some((p, worker))
+            })
             .collect();
         if live.is_empty() {
             return;
         }
+        let before = self.view.get(&uid);
+        let limit_of = |pod: &str| {
+            live.iter()
+                .find(|(p, _)| p.name_any() == pod)
+                .and_then(|(_, w)| w.limit.clone())
+        };
+
+        // Deletes owed by earlier actions need no memory data: they go first, blind or not.
+        let marked: Vec<Worker> = live
+            .iter()
+            .map(|(p, _)| Worker {
+                pod: p.metadata.name.as_deref().unwrap_or_default(),
+                mark: mark_of(p),
+                fraction: None,
+            })
+            .collect();
+        let owed = unfinished(&run.spec.memory_guard, &marked);
+        self.act_all(run, &namespace, owed, &live).await;
+
+        let groups = WorkerGroup::group(live.iter().filter(|(_, w)| w.limit.is_some()).map(
+            |(p, w)| {
+                let pod = p.metadata.name.as_deref().unwrap_or_default();
+                (pod, w.container.as_str())
+            },
+        ));
         let names: Vec<&str> = live
             .iter()
-            .map(|p| p.metadata.name.as_deref().unwrap_or_default())
+            .map(|(p, _)| p.metadata.name.as_deref().unwrap_or_default())
             .collect();
-        let query = worker_memory_query(
-            self.metric,
-            &namespace,
-            &container,
-            &names,
-            self.max_sample_age(),
-        );
-        let started = Instant::now();
-        let result = self.prometheus.pod_values(&query).await;
-        self.metrics
-            .observe_guard_query(started.elapsed(), result.is_err());
+        let result = if groups.is_empty() {
+            Ok(vec![])
+        } else {
+            let query = worker_memory_query(
+                self.metric,
+                &namespace,
+                &groups,
+                self.max_sample_age.as_secs().max(1),
+            );
+            let started = Instant::now();
+            let result = self.prometheus.pod_values(&query).await;
+            self.metrics
+                .observe_guard_query(started.elapsed(), result.is_err());
+            result
+        };
         let now = jiff::Timestamp::now();
-        let before = self.view.get(&uid);
 
         let samples: BTreeMap<String, f64> = match result {
             Ok(values) => values
                 .into_iter()
-                .map(|(pod, bytes)| (pod, bytes / limit as f64))
+                .filter_map(|(pod, bytes)| {
+                    let (_, limit) = limit_of(&pod)?;
+                    Some((pod, bytes / limit as f64))
+                })
                 .collect(),
             Err(error) => {
                 tracing::warn!(run = %run.name_any(), %error, "memory guard is blind");
@@ -121,12 +181,14 @@ impl Poller {
                 return;
             }
         };
-        // A worker that started a moment ago may not be scraped yet.
-        let settle_in = self.interval * 3 + Duration::from_secs(5);
+        // A worker that started a moment ago may not be scraped yet; one without a readable
+        // limit cannot be measured at all.
         let unseen: Vec<&str> = live
             .iter()
-            .filter(|p| !samples.contains_key(&p.name_any()) && running_for(p) > settle_in)
-            .map(|p| p.metadata.name.as_deref().unwrap_or_default())
+            .filter(|(p, _)| {
+                !samples.contains_key(&p.name_any()) && running_for(p) > self.max_sample_age
+            })
+            .map(|(p, _)| p.metadata.name.as_deref().unwrap_or_default())
             .collect();
         self.view.update(&uid, |memory| {
             memory.pods.retain(|pod, _| names.contains(&pod.as_str()));
@@ -134,39 +196,64 @@ impl Poller {
                 let seen = memory.pods.entry(pod.clone()).or_default();
                 seen.fraction = *fraction;
                 seen.peak_fraction = seen.peak_fraction.max(*fraction);
+                if let Some((text, bytes)) = limit_of(pod) {
+                    (seen.limit, seen.limit_bytes) = (text, bytes);
+                }
             }
         });
         if unseen.is_empty() {
             self.clear_blind(run, &uid).await;
         } else {
-            self.set_blind(
-                run,
-                &uid,
-                format!("no fresh memory sample for pod {}", unseen.join(", ")),
-                now,
-            )
-            .await;
+            self.set_blind(run, &uid, unseen_reason(&unseen), now).await;
         }
 
-        let workers: Vec<Worker> = live
-            .iter()
-            .map(|p| Worker {
-                pod: p.metadata.name.as_deref().unwrap_or_default(),
-                acted: p.annotations().contains_key(ACTION_ANNOTATION),
-                fraction: samples.get(&p.name_any()).copied(),
+        let workers: Vec<Worker> = marked
+            .into_iter()
+            .map(|w| Worker {
+                fraction: samples.get(w.pod).copied(),
+                ..w
             })
             .collect();
-        for decision in decide(&run.spec.memory_guard, &workers) {
-            self.act(run, &namespace, &decision).await;
-        }
+        let decisions = decide(&run.spec.memory_guard, &workers);
+        self.act_all(run, &namespace, decisions, &live).await;
         if self.view.get(&uid) != before {
             let _ = self.trigger.unbounded_send(ObjectRef::from_obj(run));
         }
     }
 
-    async fn act(&self, run: &BatchRun, namespace: &str, decision: &Decision) {
+    async fn act_all(
+        &self,
+        run: &BatchRun,
+        namespace: &str,
+        decisions: Vec<Decision>,
+        live: &[(Arc<Pod>, WorkerSpec)],
+    ) {
+        for decision in decisions {
+            let Some((pod, worker)) = live.iter().find(|(p, _)| p.name_any() == decision.pod)
+            else {
+                continue;
+            };
+            let limit = worker.limit.as_ref().map_or("unknown", |(text, _)| text);
+            self.act(run, namespace, &decision, limit, pod.resource_version())
+                .await;
+        }
+    }
+
+    /// Marks the pod, then deletes it. A failed delete is retried at the next poll (the mark
+    /// says it is owed); the action is counted and announced once the pod is stopping.
+    ///
+    /// A retry deletes only the version of the pod the cache holds: if the cache is behind (the
+    /// last delete went through after all), the conflict leaves the pod alone and announces
+    /// nothing twice; the next poll sees the pod as it is.
+    async fn act(
+        &self,
+        run: &BatchRun,
+        namespace: &str,
+        decision: &Decision,
+        limit: &str,
+        version: Option<String>,
+    ) {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let limit = &run.spec.resources.memory.limit;
         let threshold = run.spec.memory_guard.threshold;
         let (reason, doing) = match decision.action {
             GuardAction::Drain => (
@@ -179,33 +266,61 @@ impl Poller {
             GuardAction::Restart => ("Restarted", "restarting its unfinished records".to_string()),
             GuardAction::Observe => ("MemoryPressure", "observing only".to_string()),
         };
+        let measured = if decision.retry { "was at" } else { "at" };
         let message = format!(
-            "pod {} at {}% of its {limit} limit (threshold {threshold}%): {doing}",
+            "pod {} {measured} {}% of its {limit} limit (threshold {threshold}%): {doing}",
             decision.pod, decision.percent
         );
-        let mark = json!({"metadata": {"annotations": {
-            ACTION_ANNOTATION: format!("{:?}", decision.action),
-            PERCENT_ANNOTATION: decision.percent.to_string(),
-        }}});
-        self.metrics.count_request("patch", "pods");
-        if let Err(error) = pods
-            .patch(&decision.pod, &PatchParams::default(), &Patch::Merge(&mark))
-            .await
-        {
-            tracing::warn!(pod = %decision.pod, %error, "could not mark the pod; not acting");
-            return;
+        if !decision.retry {
+            let mark = json!({"metadata": {"annotations": {
+                ACTION_ANNOTATION: format!("{:?}", decision.action),
+                PERCENT_ANNOTATION: decision.percent.to_string(),
+            }}});
+            self.metrics.count_request("patch", "pods");
+            if let Err(error) = pods
+                .patch(&decision.pod, &PatchParams::default(), &Patch::Merge(&mark))
+                .await
+            {
+                tracing::warn!(pod = %decision.pod, %error, "could not mark the pod; not acting");
+                return;
+            }
         }
         if let Some(grace) = decision.grace_seconds {
             self.metrics.count_request("delete", "pods");
             let params = DeleteParams {
                 grace_period_seconds: Some(grace.max(0) as u32),
+                preconditions: decision.retry.then_some(Preconditions {
+                    resource_version: version,
+                    uid: None,
+                }),
                 ..Default::default()
             };
-            if let Err(error) = pods.delete(&decision.pod, &params).await {
-                tracing::warn!(pod = %decision.pod, %error, "could not stop the pod");
+            match pods.delete(&decision.pod, &params).await {
+                Ok(_) => {}
+                // Gone already: its worker is stopped, nothing is owed.
+                Err(kube::Error::Api(e)) if e.code == 404 => return,
+                // The cache was behind: the next poll decides again from the pod as it is.
+                Err(kube::Error::Api(e)) if e.code == 409 && decision.retry => return,
+                Err(error) => {
+                    tracing::warn!(pod = %decision.pod, %error, retry = decision.retry, "could not stop the pod; the next poll retries");
+                    if !decision.retry {
+                        self.publish(
+                            run,
+                            EventType::Warning,
+                            "GuardActionFailed",
+                            format!(
+                                "could not stop pod {} ({}); retrying at every poll",
+                                decision.pod,
+                                api_message(&error)
+                            ),
+                        )
+                        .await;
+                    }
+                    return;
+                }
             }
         }
-        tracing::info!(run = %run.name_any(), pod = %decision.pod, percent = decision.percent, action = ?decision.action, "memory guard acted");
+        tracing::info!(run = %run.name_any(), pod = %decision.pod, percent = decision.percent, action = ?decision.action, retry = decision.retry, "memory guard acted");
         self.metrics.count_guard_action(reason);
         self.publish(run, EventType::Warning, reason, message.clone())
             .await;
@@ -216,16 +331,25 @@ impl Poller {
     }
 
     async fn set_blind(&self, run: &BatchRun, uid: &str, reason: String, now: jiff::Timestamp) {
-        let mut newly = false;
-        self.view.update(uid, |memory| {
-            if memory.blind.is_none() {
+        let (mut newly, mut changed) = (false, false);
+        self.view.update(uid, |memory| match &mut memory.blind {
+            None => {
                 newly = true;
                 memory.blind = Some(Blindness {
                     since: now,
                     reason: reason.clone(),
                 });
             }
+            // Still blind, to other pods: the condition says which, the Event is not repeated.
+            Some(blind) if blind.reason != reason => {
+                changed = true;
+                blind.reason = reason.clone();
+            }
+            Some(_) => {}
         });
+        if changed {
+            let _ = self.trigger.unbounded_send(ObjectRef::from_obj(run));
+        }
         if newly {
             self.publish(
                 run,
@@ -260,7 +384,7 @@ impl Poller {
         let event = Event {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(bounded(note, MAX_NOTE_CHARS)),
             action: "Guard".into(),
             secondary: None,
         };
@@ -286,4 +410,47 @@ fn running_for(pod: &Pod) -> Duration {
         .and_then(|s| s.start_time.as_ref())
         .map(|t| jiff::Timestamp::now().duration_since(t.0).unsigned_abs())
         .unwrap_or_default()
+}
+
+/// The guard's earlier action on a pod, from its annotations.
+fn mark_of(pod: &Pod) -> Option<Mark> {
+    Some(Mark {
+        action: marked_action(pod.annotations())?,
+        percent: marked_percent(pod.annotations()),
+    })
+}
+
+/// An Event's note may hold at most 1024 characters.
+const MAX_NOTE_CHARS: usize = 1024;
+
+/// What the API server said, without the client's wrapping (its full status and debug form).
+fn api_message(error: &kube::Error) -> String {
+    let text = match error {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    };
+    bounded(text, 300)
+}
+
+/// The text cut to `max` characters, ending in an ellipsis when cut.
+fn bounded(text: String, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text;
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_stay_within_what_an_event_holds() {
+        assert_eq!(bounded("short".into(), 10), "short");
+        let long = bounded("é".repeat(2000), MAX_NOTE_CHARS);
+        assert_eq!(long.chars().count(), MAX_NOTE_CHARS);
+        assert!(long.ends_with('…'));
+    }
 }

@@ -20,7 +20,32 @@ impl MemoryMetric {
     }
 }
 
-/// Memory of each listed pod's worker container, one value per pod.
+/// The live workers of a run whose worker container has one name. A run whose template
+/// renamed the worker mid-run has two groups: each pod is read through its own container.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerGroup<'a> {
+    pub container: &'a str,
+    pub pods: Vec<&'a str>,
+}
+
+impl<'a> WorkerGroup<'a> {
+    /// Groups (pod, worker container) pairs by container, in the order first seen.
+    pub fn group(pods: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<Self> {
+        let mut groups: Vec<Self> = vec![];
+        for (pod, container) in pods {
+            match groups.iter_mut().find(|g| g.container == container) {
+                Some(group) => group.pods.push(pod),
+                None => groups.push(Self {
+                    container,
+                    pods: vec![pod],
+                }),
+            }
+        }
+        groups
+    }
+}
+
+/// Memory of each listed pod's worker container, one value per pod, in one query.
 ///
 /// Series of dead containers linger (cAdvisor samples carry their own timestamps), so samples
 /// older than `max_age_seconds` are dropped; pod-level and sandbox series have another
@@ -28,25 +53,56 @@ impl MemoryMetric {
 pub fn worker_memory_query(
     metric: MemoryMetric,
     namespace: &str,
-    container: &str,
-    pods: &[&str],
-    max_age_seconds: u32,
+    groups: &[WorkerGroup],
+    max_age_seconds: u64,
 ) -> String {
-    let pattern = pods
+    groups
         .iter()
-        .map(|p| regex_escape(p))
+        .map(|group| {
+            let pattern = group
+                .pods
+                .iter()
+                .map(|p| regex_escape(p))
+                .collect::<Vec<_>>()
+                .join("|");
+            let mut selector = String::new();
+            let _ = write!(
+                selector,
+                "{}{{namespace={},container={},pod=~{}}}",
+                metric.series(),
+                string_literal(namespace),
+                string_literal(group.container),
+                string_literal(&pattern)
+            );
+            format!(
+                "max by (pod) ({selector} and (time() - timestamp({selector})) < {max_age_seconds})"
+            )
+        })
         .collect::<Vec<_>>()
-        .join("|");
-    let mut selector = String::new();
-    let _ = write!(
-        selector,
-        "{}{{namespace={},container={},pod=~{}}}",
-        metric.series(),
-        string_literal(namespace),
-        string_literal(container),
-        string_literal(&pattern)
-    );
-    format!("max by (pod) ({selector} and (time() - timestamp({selector})) < {max_age_seconds})")
+        .join(" or ")
+}
+
+/// Default of `--memory-max-sample-age`: a 60 s scrape plus cAdvisor's housekeeping (10–15 s)
+/// with room; 15 s and 30 s scrapes have several samples' slack.
+pub const DEFAULT_MAX_SAMPLE_AGE: &str = "90s";
+
+/// A sample age from the command line: seconds (`90`) or a duration (`90s`, `2m`, `1m30s`).
+pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let seconds = match text.parse::<u64>() {
+        Ok(seconds) => std::time::Duration::from_secs(seconds),
+        Err(_) => {
+            let span: jiff::SignedDuration = text
+                .parse()
+                .map_err(|e| format!("{text:?} is not a duration like 90s or 2m: {e}"))?;
+            span.try_into()
+                .map_err(|_| format!("{text:?} is negative"))?
+        }
+    };
+    if seconds < std::time::Duration::from_secs(1) {
+        return Err(format!("{text:?} is shorter than one second"));
+    }
+    Ok(seconds)
 }
 
 /// A PromQL double-quoted string literal.
@@ -86,8 +142,10 @@ mod tests {
         let q = worker_memory_query(
             MemoryMetric::WorkingSet,
             "payroll",
-            "worker",
-            &["a-1", "b-2"],
+            &[WorkerGroup {
+                container: "worker",
+                pods: vec!["a-1", "b-2"],
+            }],
             45,
         );
         assert_eq!(
@@ -98,11 +156,67 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        let q = worker_memory_query(MemoryMetric::Rss, "n\"s", "w\\x", &["p.1"], 30);
+        let group = WorkerGroup {
+            container: "w\\x",
+            pods: vec!["p.1"],
+        };
+        let q = worker_memory_query(MemoryMetric::Rss, "n\"s", &[group], 30);
         assert!(q.contains(r#"namespace="n\"s""#), "{q}");
         assert!(q.contains(r#"container="w\\x""#), "{q}");
         // The dot is escaped for the regex, and the backslash again for the string.
         assert!(q.contains(r#"pod=~"p\\.1""#), "{q}");
         assert!(q.starts_with("max by (pod) (container_memory_rss{"));
+    }
+
+    #[test]
+    fn pods_of_a_renamed_worker_are_read_through_their_own_container() {
+        let q = worker_memory_query(
+            MemoryMetric::WorkingSet,
+            "ns",
+            &[
+                WorkerGroup {
+                    container: "main",
+                    pods: vec!["old-1"],
+                },
+                WorkerGroup {
+                    container: "worker",
+                    pods: vec!["new-1", "new-2"],
+                },
+            ],
+            90,
+        );
+        assert_eq!(
+            WorkerGroup::group([("old-1", "main"), ("new-1", "worker"), ("new-2", "worker")]),
+            vec![
+                WorkerGroup {
+                    container: "main",
+                    pods: vec!["old-1"]
+                },
+                WorkerGroup {
+                    container: "worker",
+                    pods: vec!["new-1", "new-2"]
+                }
+            ]
+        );
+        let parts: Vec<&str> = q.split(" or ").collect();
+        assert_eq!(parts.len(), 2, "{q}");
+        assert!(parts[0].contains(r#"container="main",pod=~"old-1""#), "{q}");
+        assert!(
+            parts[1].contains(r#"container="worker",pod=~"new-1|new-2""#),
+            "{q}"
+        );
+        assert!(parts.iter().all(|p| p.ends_with(") < 90)")), "{q}");
+    }
+
+    #[test]
+    fn sample_ages_read_as_seconds_or_durations() {
+        let secs = |t: &str| parse_age(t).map(|d| d.as_secs());
+        assert_eq!(secs(DEFAULT_MAX_SAMPLE_AGE), Ok(90));
+        assert_eq!(secs("45"), Ok(45));
+        assert_eq!(secs("2m"), Ok(120));
+        assert_eq!(secs("1m30s"), Ok(90));
+        assert!(parse_age("0s").is_err());
+        assert!(parse_age("-5s").is_err());
+        assert!(parse_age("soon").is_err());
     }
 }

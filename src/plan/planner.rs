@@ -440,11 +440,17 @@ fn learn_memory(
     target: f64,
 ) {
     let done = result.done(attempt.range).len();
-    let Some(peak) = memory
+    let Some((peak, pod_limit)) = memory
         .and_then(|m| attempt.pods.iter().find_map(|p| m.pods.get(&p.name)))
-        .map(|p| p.peak_fraction)
+        .map(|p| (p.peak_fraction, p.limit_bytes))
     else {
         return;
+    };
+    // The fraction is of the pod's own limit, which a mid-run change of the spec leaves as is.
+    let limit_bytes = if pod_limit > 0 {
+        pod_limit
+    } else {
+        limit_bytes
     };
     // Only batches that came near the threshold teach anything: memory that does not grow
     // with the records (a runtime's baseline) must not shrink batches of a cool run.
@@ -518,8 +524,9 @@ fn memory_condition(
                     "True",
                     "AboveThreshold".to_string(),
                     format!(
-                        "pod {pod} at {:.0}% of its {limit} limit (threshold {threshold}%)",
-                        p.fraction * 100.0
+                        "pod {pod} at {:.0}% of its {} limit (threshold {threshold}%)",
+                        p.fraction * 100.0,
+                        if p.limit.is_empty() { limit } else { &p.limit },
                     ),
                 ),
                 None => {

@@ -509,6 +509,7 @@ fn later_batches_shrink_to_fit_the_memory_learned_from_finished_ones() {
             PodMemory {
                 fraction: 0.9,
                 peak_fraction: 0.9,
+                ..Default::default()
             },
         )]
         .into(),
@@ -541,6 +542,47 @@ fn later_batches_shrink_to_fit_the_memory_learned_from_finished_ones() {
 }
 
 #[test]
+fn memory_is_learned_against_the_limit_the_worker_ran_with() {
+    // The run's limit is 2Gi now; the batch ran under 1Gi and peaked at 90% of that.
+    let mut sim = Sim::new(spec(10_000, 1000, 1));
+    sim.reconcile();
+    sim.memory = Some(RunMemory {
+        pods: [(
+            "pod-0-1".to_string(),
+            PodMemory {
+                fraction: 0.9,
+                peak_fraction: 0.9,
+                limit: "1Gi".into(),
+                limit_bytes: 1 << 30,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    });
+    let hot = sim.reconcile();
+    let c = hot
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "MemoryPressure")
+        .unwrap()
+        .clone();
+    assert!(
+        c.message.contains("pod-0-1 at 90% of its 1Gi limit"),
+        "{}",
+        c.message
+    );
+    sim.succeed(0);
+    let status = sim.reconcile().status.unwrap();
+    assert_eq!(
+        status.guard.bytes_per_record,
+        (0.9 * 1024.0 * 1024.0 * 1024.0 / 1000.0_f64).ceil() as u64
+    );
+}
+
+#[test]
 fn batches_well_below_the_threshold_do_not_shrink_later_ones() {
     let mut sim = Sim::new(spec(10_000, 1000, 1));
     sim.reconcile();
@@ -550,6 +592,7 @@ fn batches_well_below_the_threshold_do_not_shrink_later_ones() {
             PodMemory {
                 fraction: 0.4,
                 peak_fraction: 0.4,
+                ..Default::default()
             },
         )]
         .into(),
@@ -604,6 +647,7 @@ fn memory_pressure_condition_follows_the_guard() {
             PodMemory {
                 fraction: 0.91,
                 peak_fraction: 0.91,
+                ..Default::default()
             },
         )]
         .into(),

@@ -149,7 +149,12 @@ impl Operator {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_batchguard"))
+        // BATCHGUARD_TEST_OPERATOR runs the tests against another build of the operator (an
+        // older one, to see a test fail without a fix).
+        let binary = std::env::var_os("BATCHGUARD_TEST_OPERATOR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_batchguard")));
+        let child = Command::new(binary)
             .args([
                 "--namespace",
                 namespace,
@@ -343,10 +348,15 @@ pub struct Setup {
 
 impl Setup {
     pub async fn new(prefix: &str) -> Self {
+        Self::with_env(prefix, &[]).await
+    }
+
+    /// The same with extra environment variables for the operator.
+    pub async fn with_env(prefix: &str, env: &[(&str, &str)]) -> Self {
         let client = client().await;
         install_crd(&client).await;
         let ns = TestNamespace::new(&client, prefix).await;
-        let operator = Operator::start(&ns.name);
+        let operator = Operator::start_with_env(&ns.name, env);
         let runs = Api::namespaced(client.clone(), &ns.name);
         Self {
             client,
