@@ -155,12 +155,12 @@ pub struct WorkerResources {
 pub struct MemoryResources {
     /// Memory request of the worker container.
     #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.resources.memory.request must be a quantity such as 512Mi or 2Gi"))]
-    #[x_kube(validation = Rule::new("!isQuantity(self) || quantity(self).sign() == 1").message("spec.resources.memory.request must be greater than 0: the kubelet reads 0 as no request at all"))]
+    #[x_kube(validation = Rule::new("!isQuantity(self) || quantity(self).compareTo(quantity('0')) > 0").message("spec.resources.memory.request must be greater than 0: the kubelet reads 0 as no request at all"))]
     #[schemars(length(min = 1, max = 64))]
     pub request: String,
     /// Memory limit of the worker container: the guard measures against it.
     #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.resources.memory.limit must be a quantity such as 512Mi or 2Gi"))]
-    #[x_kube(validation = Rule::new("!isQuantity(self) || quantity(self).sign() == 1").message("spec.resources.memory.limit must be greater than 0: the kubelet reads 0 as no limit at all"))]
+    #[x_kube(validation = Rule::new("!isQuantity(self) || quantity(self).compareTo(quantity('0')) > 0").message("spec.resources.memory.limit must be greater than 0: the kubelet reads 0 as no limit at all"))]
     #[schemars(length(min = 1, max = 64))]
     pub limit: String,
 }
