@@ -222,6 +222,131 @@ fn the_schema_refuses_bad_values_with_clear_messages() {
 }
 
 #[test]
+fn two_operators_never_reconcile_at_once_through_a_rollout() {
+    let deployment = |set: &[&str]| {
+        let mut args = Vec::new();
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        kind(&docs(&template(&args)), "Deployment").clone()
+    };
+    let elects = |d: &Value| {
+        d["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--leader-election")
+    };
+    // By default: the Lease, and a rolling update whose new pod stands by until it is Ready.
+    let default = deployment(&[]);
+    assert!(elects(&default), "leader election is the default");
+    assert_eq!(default["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        default["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0,
+        "the leader stays until its successor is Ready"
+    );
+    // Without the Lease, the old pod stops before the new one starts.
+    let unelected = deployment(&["leaderElection=false"]);
+    assert!(!elects(&unelected));
+    assert_eq!(unelected["spec"]["strategy"]["type"], "Recreate");
+    assert!(unelected["spec"]["strategy"]["rollingUpdate"].is_null());
+    // Two replicas always elect, whatever leaderElection says.
+    let two = deployment(&["leaderElection=false", "replicas=2"]);
+    assert!(elects(&two));
+    assert_eq!(two["spec"]["strategy"]["type"], "RollingUpdate");
+}
+
+#[test]
+fn uninstall_releases_the_finalizers_with_rbac_of_its_own() {
+    let hooks = |set: &[&str]| {
+        let mut args = Vec::new();
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        docs(&template(&args))
+            .into_iter()
+            .filter(|d| !d["metadata"]["annotations"]["helm.sh/hook"].is_null())
+            .collect::<Vec<_>>()
+    };
+    let weight = |d: &Value| -> i64 {
+        d["metadata"]["annotations"]["helm.sh/hook-weight"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let all = hooks(&[]);
+    let job = kind(&all, "Job");
+    assert_eq!(job["metadata"]["annotations"]["helm.sh/hook"], "post-delete");
+    let pod = &job["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["args"][0], "release-finalizers",
+        "the operator binary's subcommand"
+    );
+    assert_eq!(container["image"], "ghcr.io/batchguard/batchguard:0.1.0");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        container["securityContext"]["readOnlyRootFilesystem"],
+        true
+    );
+    let sa = pod["serviceAccountName"].as_str().unwrap();
+    assert_ne!(sa, "bg-batchguard", "an identity of its own");
+    for rbac in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"] {
+        let object = kind(&all, rbac);
+        assert_eq!(
+            object["metadata"]["annotations"]["helm.sh/hook"], "post-delete",
+            "{rbac}"
+        );
+        assert!(
+            weight(object) < weight(job),
+            "{rbac} exists before the Job runs"
+        );
+        assert!(
+            object["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+                .as_str()
+                .unwrap()
+                .contains("hook-succeeded"),
+            "{rbac} goes once done"
+        );
+    }
+    assert_eq!(
+        kind(&all, "ClusterRoleBinding")["subjects"][0]["name"], sa,
+        "bound to the Job's identity"
+    );
+    let rules = &kind(&all, "ClusterRole")["rules"];
+    assert_eq!(
+        rules,
+        &serde_json::json!([
+            {"apiGroups": ["batchguard.dev"], "resources": ["batchruns"], "verbs": ["list", "patch"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "patch"]},
+        ]),
+        "exactly what releasing the finalizers needs"
+    );
+
+    // Watched namespaces: Roles there, and the command limited to them.
+    let scoped = hooks(&["watchNamespaces={team-a,team-b}"]);
+    let roles: Vec<&str> = scoped
+        .iter()
+        .filter(|d| d["kind"] == "Role")
+        .map(|d| d["metadata"]["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["team-a", "team-b"]);
+    assert!(!scoped.iter().any(|d| d["kind"] == "ClusterRole"));
+    let args = kind(&scoped, "Job")["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert!(
+        args.as_array().unwrap().contains(&"--namespace=team-a".into())
+            && args.as_array().unwrap().contains(&"--namespace=team-b".into()),
+        "{args}"
+    );
+
+    assert!(
+        hooks(&["releaseFinalizersOnUninstall=false"]).is_empty(),
+        "the hook can be turned off"
+    );
+}
+
+#[test]
 fn the_chart_ships_the_generated_crds() {
     for file in ["batchrun.yaml", "batchqueue.yaml"] {
         let chart = std::fs::read_to_string(format!("{CHART}/files/crds/{file}")).unwrap();
