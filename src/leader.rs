@@ -3,7 +3,8 @@
 //! A replica first joins the election (the lease manager runs and the Lease is readable): from
 //! then on it is a healthy standby, and Ready, so that a rolling update can finish while the
 //! old leader still holds the Lease. It reconciles only once it leads, and releases the Lease
-//! when it stops, so that the next leader takes over at once instead of after the lease time.
+//! when it stops. (A standby of kube-lease-manager looks again only when the lease it saw
+//! would have expired, so a handover still takes up to the lease time.)
 
 use std::time::Duration;
 
