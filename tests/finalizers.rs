@@ -19,7 +19,14 @@ use support::*;
 async fn held_run(client: &Client, runs: &Api<BatchRun>, namespace: &str, name: &str) {
     runs.create(
         &PostParams::default(),
-        &sim_run(name, 400, 100, 2, r#"sim.batchguard.dev/duration: "5m""#, ""),
+        &sim_run(
+            name,
+            400,
+            100,
+            2,
+            r#"sim.batchguard.dev/duration: "5m""#,
+            "",
+        ),
     )
     .await
     .unwrap();
@@ -60,7 +67,10 @@ async fn release_finalizers_lets_runs_and_pods_go_once_the_operator_is_gone() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let stuck = runs.get("held").await.expect("the run waits for its cleanup");
+    let stuck = runs
+        .get("held")
+        .await
+        .expect("the run waits for its cleanup");
     assert!(stuck.metadata.deletion_timestamp.is_some());
 
     let out = Command::new(env!("CARGO_BIN_EXE_batchguard"))
@@ -68,8 +78,8 @@ async fn release_finalizers_lets_runs_and_pods_go_once_the_operator_is_gone() {
         .env("RUST_LOG", "info")
         .output()
         .expect("the operator binary runs");
-    let log = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "release-finalizers failed:\n{log}");
     assert!(log.contains("released finalizers"), "{log}");
 
@@ -84,10 +94,17 @@ async fn release_finalizers_lets_runs_and_pods_go_once_the_operator_is_gone() {
         .unwrap()
         .items
         .iter()
-        .filter(|p| p.finalizers().iter().any(|f| f.starts_with("batchguard.dev/")))
+        .filter(|p| {
+            p.finalizers()
+                .iter()
+                .any(|f| f.starts_with("batchguard.dev/"))
+        })
         .map(|p| p.name_any())
         .collect();
-    assert!(holding.is_empty(), "pods still hold finalizers: {holding:?}");
+    assert!(
+        holding.is_empty(),
+        "pods still hold finalizers: {holding:?}"
+    );
 }
 
 #[tokio::test]

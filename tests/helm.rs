@@ -277,7 +277,10 @@ fn uninstall_releases_the_finalizers_with_rbac_of_its_own() {
     };
     let all = hooks(&[]);
     let job = kind(&all, "Job");
-    assert_eq!(job["metadata"]["annotations"]["helm.sh/hook"], "post-delete");
+    assert_eq!(
+        job["metadata"]["annotations"]["helm.sh/hook"],
+        "post-delete"
+    );
     let pod = &job["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     assert_eq!(
@@ -286,10 +289,7 @@ fn uninstall_releases_the_finalizers_with_rbac_of_its_own() {
     );
     assert_eq!(container["image"], "ghcr.io/batchguard/batchguard:0.1.0");
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(
-        container["securityContext"]["readOnlyRootFilesystem"],
-        true
-    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     let sa = pod["serviceAccountName"].as_str().unwrap();
     assert_ne!(sa, "bg-batchguard", "an identity of its own");
     for rbac in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"] {
@@ -311,7 +311,8 @@ fn uninstall_releases_the_finalizers_with_rbac_of_its_own() {
         );
     }
     assert_eq!(
-        kind(&all, "ClusterRoleBinding")["subjects"][0]["name"], sa,
+        kind(&all, "ClusterRoleBinding")["subjects"][0]["name"],
+        sa,
         "bound to the Job's identity"
     );
     let rules = &kind(&all, "ClusterRole")["rules"];
@@ -335,8 +336,13 @@ fn uninstall_releases_the_finalizers_with_rbac_of_its_own() {
     assert!(!scoped.iter().any(|d| d["kind"] == "ClusterRole"));
     let args = kind(&scoped, "Job")["spec"]["template"]["spec"]["containers"][0]["args"].clone();
     assert!(
-        args.as_array().unwrap().contains(&"--namespace=team-a".into())
-            && args.as_array().unwrap().contains(&"--namespace=team-b".into()),
+        args.as_array()
+            .unwrap()
+            .contains(&"--namespace=team-a".into())
+            && args
+                .as_array()
+                .unwrap()
+                .contains(&"--namespace=team-b".into()),
         "{args}"
     );
 
@@ -933,7 +939,14 @@ async fn a_helm_upgrade_rolls_elected_replicas_with_one_leader_at_a_time() {
     ]);
     let describe = || {
         kubectl(
-            &["describe", "pods", "-n", &system.name, "-l", &format!("app.kubernetes.io/instance={release}")],
+            &[
+                "describe",
+                "pods",
+                "-n",
+                &system.name,
+                "-l",
+                &format!("app.kubernetes.io/instance={release}"),
+            ],
             None,
         )
         .1
@@ -944,7 +957,14 @@ async fn a_helm_upgrade_rolls_elected_replicas_with_one_leader_at_a_time() {
     let runs: Api<BatchRun> = Api::namespaced(client.clone(), &work.name);
     runs.create(
         &PostParams::default(),
-        &sim_run("rolled", 2000, 100, 2, r#"sim.batchguard.dev/duration: "2s""#, ""),
+        &sim_run(
+            "rolled",
+            2000,
+            100,
+            2,
+            r#"sim.batchguard.dev/duration: "2s""#,
+            "",
+        ),
     )
     .await
     .unwrap();
@@ -986,7 +1006,11 @@ async fn a_helm_upgrade_rolls_elected_replicas_with_one_leader_at_a_time() {
         ],
         None,
     );
-    assert!(ok, "the rollout did not complete: {out}{err}\n{}", describe());
+    assert!(
+        ok,
+        "the rollout did not complete: {out}{err}\n{}",
+        describe()
+    );
     // Past the rollout, until a leader of the new pods reconciles.
     let leader = wait_for(
         "one of the new pods to lead",
@@ -1035,13 +1059,7 @@ async fn a_helm_upgrade_rolls_elected_replicas_with_one_leader_at_a_time() {
     );
     assert_eq!(holder, leader, "the Lease names the pod that reconciles");
 
-    let operator_log = || {
-        kubectl(
-            &["logs", "-n", &system.name, &leader, "--tail=40"],
-            None,
-        )
-        .1
-    };
+    let operator_log = || kubectl(&["logs", "-n", &system.name, &leader, "--tail=40"], None).1;
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     let run = loop {
         let run = runs.get("rolled").await.unwrap();
@@ -1098,7 +1116,14 @@ async fn helm_uninstall_releases_the_finalizers_so_the_namespace_goes() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &work.name);
     runs.create(
         &PostParams::default(),
-        &sim_run("inflight", 400, 100, 2, r#"sim.batchguard.dev/duration: "5m""#, ""),
+        &sim_run(
+            "inflight",
+            400,
+            100,
+            2,
+            r#"sim.batchguard.dev/duration: "5m""#,
+            "",
+        ),
     )
     .await
     .unwrap();
@@ -1112,7 +1137,10 @@ async fn helm_uninstall_releases_the_finalizers_so_the_namespace_goes() {
             .iter()
             .filter(|p| p.finalizers().iter().any(|f| f == RESULT_FINALIZER))
             .count();
-        Some((run.finalizers().iter().any(|f| f == CLEANUP_FINALIZER), pods))
+        Some((
+            run.finalizers().iter().any(|f| f == CLEANUP_FINALIZER),
+            pods,
+        ))
     };
     wait_for(
         "the run and two worker pods to hold the finalizers",

@@ -61,9 +61,11 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     assert_eq!(leader, "replica-a");
     let second = replica("replica-b");
     // The standby is Ready while it waits: a rolling update needs it to be.
-    wait_for("the standby to be Ready", Duration::from_secs(30), || async {
-        ready(&second).await.then_some(())
-    })
+    wait_for(
+        "the standby to be Ready",
+        Duration::from_secs(30),
+        || async { ready(&second).await.then_some(()) },
+    )
     .await;
     assert!(ready(&first).await, "the leader is Ready");
     assert_eq!(leading(&first.metrics().await), Some(1));

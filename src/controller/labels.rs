@@ -151,10 +151,7 @@ mod tests {
             ),
             Some(list(&["example.com/keep", "other.io/x"]))
         );
-        assert_eq!(
-            apply(&[CLEANUP_FINALIZER], CLEANUP_FINALIZER),
-            Some(vec![])
-        );
+        assert_eq!(apply(&[CLEANUP_FINALIZER], CLEANUP_FINALIZER), Some(vec![]));
     }
 
     #[test]
