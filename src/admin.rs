@@ -1,5 +1,6 @@
-//! The admin server: `/metrics`, `/healthz` (the process is alive) and `/readyz` (the caches
-//! are synced and, with leader election, this replica leads or stands by healthily).
+//! The admin server: `/metrics`, `/healthz` (the process is alive) and `/readyz`: without leader
+//! election, the caches are synced; with it, this replica takes part in the election, leading
+//! or standing by (a standby that never turned Ready would stall every rolling update).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

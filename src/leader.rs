@@ -1,45 +1,92 @@
 //! Leader election on a Lease, so that two replicas never reconcile at once.
+//!
+//! A replica first joins the election (the lease manager runs and the Lease is readable): from
+//! then on it is a healthy standby, and Ready, so that a rolling update can finish while the
+//! old leader still holds the Lease. It reconciles only once it leads, and releases the Lease
+//! when it stops. (A standby of kube-lease-manager looks again only when the lease it saw
+//! would have expired, so a handover still takes up to the lease time.)
+
+use std::time::Duration;
 
 use kube::Client;
-use kube_lease_manager::{LeaseManagerBuilder, LeaseParams};
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseParams};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// Lease holding time; a new leader takes over at most this long after a crash.
 const LEASE_SECONDS: u64 = 15;
+/// How long a stopping leader waits for its Lease to be released.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Blocks until this replica holds the lease; the returned receiver turns `false` when the
-/// lease is lost, and the caller must then stop reconciling.
-pub async fn acquire(
+/// This replica's place in the election.
+pub struct Election {
+    state: watch::Receiver<bool>,
+    /// The lease task: it renews the Lease while `state` lives and releases it once dropped.
+    task: JoinHandle<kube_lease_manager::Result<LeaseManager>>,
+    lease: String,
+}
+
+/// Joins the election: returns once the lease manager runs, leading or not.
+pub async fn join(
     client: Client,
     namespace: &str,
     name: &str,
     identity: String,
-) -> anyhow::Result<watch::Receiver<bool>> {
+) -> anyhow::Result<Election> {
     let manager = LeaseManagerBuilder::new(client, name)
         .with_namespace(namespace)
         .with_parameters(LeaseParams::new(identity, LEASE_SECONDS, 5))
         .build()
         .await?;
-    // The lease task renews the lease for as long as the receiver lives; dropping its handle
-    // detaches it without stopping it.
-    let (mut state, _renewing) = manager.watch().await;
-    while !*state.borrow_and_update() {
-        tracing::info!(lease = name, "waiting to become the leader");
-        if state.changed().await.is_err() {
-            anyhow::bail!(
-                "the lease manager of {name} stopped before this replica became the leader"
-            );
-        }
-    }
-    tracing::info!(lease = name, "leading");
-    Ok(state)
+    let (state, task) = manager.watch().await;
+    Ok(Election {
+        state,
+        task,
+        lease: name.to_string(),
+    })
 }
 
-/// Resolves when leadership is lost (or the lease manager stops).
-pub async fn lost(mut state: watch::Receiver<bool>) {
-    while state.changed().await.is_ok() {
-        if !*state.borrow() {
-            return;
+impl Election {
+    /// Blocks until this replica holds the lease.
+    pub async fn lead(&mut self) -> anyhow::Result<()> {
+        while !*self.state.borrow_and_update() {
+            tracing::info!(lease = %self.lease, "standing by: waiting to become the leader");
+            if self.state.changed().await.is_err() {
+                anyhow::bail!(
+                    "the lease manager of {} stopped before this replica became the leader",
+                    self.lease
+                );
+            }
+        }
+        tracing::info!(lease = %self.lease, "leading");
+        Ok(())
+    }
+
+    /// Resolves when leadership is lost (or the lease manager stops).
+    pub async fn lost(&mut self) {
+        while self.state.changed().await.is_ok() {
+            if !*self.state.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// Gives the Lease up, for a successor to take it now; call it only once this replica
+    /// has stopped reconciling.
+    pub async fn release(self) {
+        let Election { state, task, lease } = self;
+        drop(state);
+        match tokio::time::timeout(RELEASE_TIMEOUT, task).await {
+            Ok(Ok(Ok(_))) => tracing::info!(lease = %lease, "released the lease"),
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(lease = %lease, %error, "the lease was not released: it expires instead")
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(lease = %lease, %error, "the lease task failed: the lease expires instead")
+            }
+            Err(_) => {
+                tracing::warn!(lease = %lease, "releasing the lease timed out: it expires instead")
+            }
         }
     }
 }

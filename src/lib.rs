@@ -7,6 +7,7 @@ pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod finalizers;
 pub mod guard;
 pub mod leader;
 pub mod metrics;

@@ -1,10 +1,11 @@
-//! The batchguard operator: flags → telemetry → admin server + leader election + controller.
+//! The batchguard operator: flags → telemetry → admin server + leader election + controller;
+//! and `batchguard release-finalizers`, which frees runs and pods once the operator is gone.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use kube::Client;
 
 use batchguard::admin::{self, Health};
@@ -12,17 +13,20 @@ use batchguard::guard::prometheus::{Prometheus, PrometheusFlags};
 use batchguard::guard::promql::{DEFAULT_MAX_SAMPLE_AGE, MemoryMetric, parse_age};
 use batchguard::metrics::Metrics;
 use batchguard::telemetry::{self, LogFormat};
-use batchguard::{controller, leader};
+use batchguard::{controller, finalizers, leader};
 
 /// Runs big data jobs as many small, memory-guarded worker Jobs.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Flags {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Namespaces to watch (repeat or comma-separate); all namespaces when empty.
     #[arg(
         long = "namespace",
         env = "BATCHGUARD_NAMESPACES",
-        value_delimiter = ','
+        value_delimiter = ',',
+        global = true
     )]
     namespaces: Vec<String>,
     /// Address of the admin server (/metrics, /healthz, /readyz).
@@ -33,7 +37,8 @@ struct Flags {
         long,
         env = "BATCHGUARD_LOG_FORMAT",
         value_enum,
-        default_value = "text"
+        default_value = "text",
+        global = true
     )]
     log_format: LogFormat,
     /// Take a Lease before reconciling, so that several replicas are safe.
@@ -76,6 +81,15 @@ struct Flags {
     memory_metric: MemoryMetric,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Remove batchguard's finalizers (`batchguard.dev/cleanup` on BatchRuns,
+    /// `batchguard.dev/result` on worker pods) in the --namespace list (all namespaces when
+    /// empty), so that deleting runs, pods or namespaces finishes without the operator. Run
+    /// it once the operator is stopped: the chart's uninstall hook does.
+    ReleaseFinalizers,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
@@ -83,8 +97,27 @@ async fn main() -> anyhow::Result<()> {
     // kube and the Prometheus client share rustls with ring alone (Cargo.toml); reqwest is
     // built without a provider of its own and uses this process-wide one.
     let _ = rustls::crypto::ring::default_provider().install_default();
-
     let client = Client::try_default().await?;
+    match flags.command {
+        Some(Command::ReleaseFinalizers) => {
+            let released = finalizers::release_all(
+                &client,
+                &flags.namespaces,
+                std::time::Duration::from_secs(2),
+            )
+            .await?;
+            tracing::info!(
+                runs = released.runs,
+                pods = released.pods,
+                "batchguard's finalizers are released"
+            );
+            Ok(())
+        }
+        None => operate(client, flags).await,
+    }
+}
+
+async fn operate(client: Client, flags: Flags) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
     tokio::spawn(admin::serve(
@@ -93,21 +126,25 @@ async fn main() -> anyhow::Result<()> {
         health.clone(),
     ));
 
-    let leadership = if flags.leader_election {
+    // A standby is Ready as soon as it takes part in the election: a rolling update then
+    // finishes while the old replica still leads, and the Lease keeps the two apart.
+    let election = if flags.leader_election {
         let identity = std::env::var("POD_NAME")
             .unwrap_or_else(|_| format!("batchguard-{}", std::process::id()));
-        Some(
-            leader::acquire(
-                client.clone(),
-                &flags.lease_namespace,
-                &flags.lease_name,
-                identity,
-            )
-            .await?,
+        let mut election = leader::join(
+            client.clone(),
+            &flags.lease_namespace,
+            &flags.lease_name,
+            identity,
         )
+        .await?;
+        health.ready.store(true, Ordering::Relaxed);
+        election.lead().await?;
+        Some(election)
     } else {
         None
     };
+    metrics.leading.set(1);
 
     let ready = Arc::new(AtomicBool::new(false));
     let namespaces: Vec<Option<String>> = if flags.namespaces.is_empty() {
@@ -138,27 +175,34 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     let controllers = futures::future::join_all(controllers);
+    // Without leader election, Ready waits for the caches.
     let readiness = {
         let health = health.clone();
         let ready = ready.clone();
         async move {
-            while !ready.load(std::sync::atomic::Ordering::Relaxed) {
+            while !ready.load(Ordering::Relaxed) {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            health
-                .ready
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            health.ready.store(true, Ordering::Relaxed);
         }
     };
     tokio::spawn(readiness);
-    match leadership {
-        Some(state) => tokio::select! {
-            _ = controllers => {}
-            _ = leader::lost(state) => {
-                tracing::error!("lost the leader lease; exiting so that another replica takes over");
+    match election {
+        Some(mut election) => {
+            let lost = tokio::select! {
+                _ = controllers => false,
+                _ = election.lost() => true,
+            };
+            if lost {
+                tracing::error!(
+                    "lost the leader lease; exiting so that another replica takes over"
+                );
                 std::process::exit(1);
             }
-        },
+            // The controllers have stopped: the successor may take over now.
+            metrics.leading.set(0);
+            election.release().await;
+        }
         None => {
             controllers.await;
         }

@@ -81,6 +81,9 @@ pub struct Metrics {
     pub queue_admitted_batches: Family<QueueLabels, Gauge>,
     pub queue_waiting_batches: Family<QueueLabels, Gauge>,
     pub queue_budget_bytes: Family<QueueLabels, Gauge>,
+    /// 1 while this process reconciles (it leads, or runs without leader election), 0 while
+    /// it stands by.
+    pub leading: Gauge,
 }
 
 impl Default for Metrics {
@@ -190,6 +193,12 @@ impl Default for Metrics {
             "A BatchQueue's memory budget",
             queue_budget_bytes.clone(),
         );
+        let leading = Gauge::default();
+        registry.register(
+            "leading",
+            "1 while this replica reconciles (it holds the leader Lease, or runs without leader election), 0 while it stands by",
+            leading.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -210,6 +219,7 @@ impl Default for Metrics {
             queue_admitted_batches,
             queue_waiting_batches,
             queue_budget_bytes,
+            leading,
         }
     }
 }

@@ -222,6 +222,137 @@ fn the_schema_refuses_bad_values_with_clear_messages() {
 }
 
 #[test]
+fn two_operators_never_reconcile_at_once_through_a_rollout() {
+    let deployment = |set: &[&str]| {
+        let mut args = Vec::new();
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        kind(&docs(&template(&args)), "Deployment").clone()
+    };
+    let elects = |d: &Value| {
+        d["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--leader-election")
+    };
+    // By default: the Lease, and a rolling update whose new pod stands by until it is Ready.
+    let default = deployment(&[]);
+    assert!(elects(&default), "leader election is the default");
+    assert_eq!(default["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        default["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0,
+        "the leader stays until its successor is Ready"
+    );
+    // Without the Lease, the old pod stops before the new one starts.
+    let unelected = deployment(&["leaderElection=false"]);
+    assert!(!elects(&unelected));
+    assert_eq!(unelected["spec"]["strategy"]["type"], "Recreate");
+    assert!(unelected["spec"]["strategy"]["rollingUpdate"].is_null());
+    // Two replicas always elect, whatever leaderElection says.
+    let two = deployment(&["leaderElection=false", "replicas=2"]);
+    assert!(elects(&two));
+    assert_eq!(two["spec"]["strategy"]["type"], "RollingUpdate");
+}
+
+#[test]
+fn uninstall_releases_the_finalizers_with_rbac_of_its_own() {
+    let hooks = |set: &[&str]| {
+        let mut args = Vec::new();
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        docs(&template(&args))
+            .into_iter()
+            .filter(|d| !d["metadata"]["annotations"]["helm.sh/hook"].is_null())
+            .collect::<Vec<_>>()
+    };
+    let weight = |d: &Value| -> i64 {
+        d["metadata"]["annotations"]["helm.sh/hook-weight"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let all = hooks(&[]);
+    let job = kind(&all, "Job");
+    assert_eq!(
+        job["metadata"]["annotations"]["helm.sh/hook"],
+        "post-delete"
+    );
+    let pod = &job["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["args"][0], "release-finalizers",
+        "the operator binary's subcommand"
+    );
+    assert_eq!(container["image"], "ghcr.io/batchguard/batchguard:0.1.0");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    let sa = pod["serviceAccountName"].as_str().unwrap();
+    assert_ne!(sa, "bg-batchguard", "an identity of its own");
+    for rbac in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"] {
+        let object = kind(&all, rbac);
+        assert_eq!(
+            object["metadata"]["annotations"]["helm.sh/hook"], "post-delete",
+            "{rbac}"
+        );
+        assert!(
+            weight(object) < weight(job),
+            "{rbac} exists before the Job runs"
+        );
+        assert!(
+            object["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+                .as_str()
+                .unwrap()
+                .contains("hook-succeeded"),
+            "{rbac} goes once done"
+        );
+    }
+    assert_eq!(
+        kind(&all, "ClusterRoleBinding")["subjects"][0]["name"],
+        sa,
+        "bound to the Job's identity"
+    );
+    let rules = &kind(&all, "ClusterRole")["rules"];
+    assert_eq!(
+        rules,
+        &serde_json::json!([
+            {"apiGroups": ["batchguard.dev"], "resources": ["batchruns"], "verbs": ["list", "patch"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "patch"]},
+        ]),
+        "exactly what releasing the finalizers needs"
+    );
+
+    // Watched namespaces: Roles there, and the command limited to them.
+    let scoped = hooks(&["watchNamespaces={team-a,team-b}"]);
+    let roles: Vec<&str> = scoped
+        .iter()
+        .filter(|d| d["kind"] == "Role")
+        .map(|d| d["metadata"]["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["team-a", "team-b"]);
+    assert!(!scoped.iter().any(|d| d["kind"] == "ClusterRole"));
+    let args = kind(&scoped, "Job")["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert!(
+        args.as_array()
+            .unwrap()
+            .contains(&"--namespace=team-a".into())
+            && args
+                .as_array()
+                .unwrap()
+                .contains(&"--namespace=team-b".into()),
+        "{args}"
+    );
+
+    assert!(
+        hooks(&["releaseFinalizersOnUninstall=false"]).is_empty(),
+        "the hook can be turned off"
+    );
+}
+
+#[test]
 fn the_chart_ships_the_generated_crds() {
     for file in ["batchrun.yaml", "batchqueue.yaml"] {
         let chart = std::fs::read_to_string(format!("{CHART}/files/crds/{file}")).unwrap();
@@ -718,4 +849,340 @@ async fn kstatus_argocd_health_and_reapplies_read_the_run_right() {
     );
     assert_eq!(after["status"], before["status"], "no status churn");
     assert_eq!(after["spec"], before["spec"]);
+}
+
+/// The chart's values that run the operator image of the local cluster's real node (a real
+/// container, so readiness, rollouts and hooks are real), watching `work`, plus `extra`.
+fn real_node_values(node: &RealNode, work: &str, extra: &str) -> std::path::PathBuf {
+    let (repository, tag) = node
+        .operator_image
+        .rsplit_once(':')
+        .expect("an image reference with a tag");
+    let values = format!(
+        r#"
+image: {{repository: "{repository}", tag: "{tag}", pullPolicy: Never}}
+crds: {{install: false}}
+watchNamespaces: ["{work}"]
+logFormat: text
+logLevel: "info,batchguard=debug"
+nodeSelector: {{batchguard.dev/real-node: "true"}}
+tolerations: [{{key: batchguard.dev/real-node, operator: Exists, effect: NoSchedule}}]
+{extra}
+"#
+    );
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{work}-values.yaml"));
+    std::fs::write(&file, values).unwrap();
+    file
+}
+
+/// The operator pods of a release that are running, with whether each reconciles (its
+/// `batchguard_leading` gauge, read through the API server's pod proxy); `None` when a pod's
+/// metrics cannot be read (it is starting or stopping).
+fn leading_pods(namespace: &str, release: &str) -> Vec<(String, Option<bool>)> {
+    let (ok, out, _) = kubectl(
+        &[
+            "get",
+            "pods",
+            "-n",
+            namespace,
+            "-l",
+            &format!("app.kubernetes.io/instance={release},!app.kubernetes.io/component"),
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+        None,
+    );
+    if !ok {
+        return Vec::new();
+    }
+    out.split_whitespace()
+        .map(|pod| {
+            let (ok, metrics, _) = kubectl(
+                &[
+                    "get",
+                    "--raw",
+                    &format!("/api/v1/namespaces/{namespace}/pods/{pod}:8080/proxy/metrics"),
+                ],
+                None,
+            );
+            let leading = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("batchguard_leading "))
+                .map(|v| v.trim() == "1");
+            (pod.to_string(), if ok { leading } else { None })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_helm_upgrade_rolls_elected_replicas_with_one_leader_at_a_time() {
+    let node = RealNode::from_env();
+    let client = client().await;
+    install_crd(&client).await;
+    let system = TestNamespace::new(&client, "roll-op").await;
+    let work = TestNamespace::new(&client, "roll-work").await;
+    let release = "roll";
+    let values = real_node_values(&node, &work.name, "replicas: 2");
+    // Both replicas Ready: the standby too, or `--wait` (and every rollout) never ends.
+    let (ok, out, err) = helm(&[
+        "install",
+        release,
+        CHART,
+        "-n",
+        &system.name,
+        "-f",
+        values.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    let describe = || {
+        kubectl(
+            &[
+                "describe",
+                "pods",
+                "-n",
+                &system.name,
+                "-l",
+                &format!("app.kubernetes.io/instance={release}"),
+            ],
+            None,
+        )
+        .1
+    };
+    assert!(ok, "helm install --wait: {out}{err}\n{}", describe());
+
+    // A run that lives through the rollout finishes with the exact aggregate.
+    let runs: Api<BatchRun> = Api::namespaced(client.clone(), &work.name);
+    runs.create(
+        &PostParams::default(),
+        &sim_run(
+            "rolled",
+            2000,
+            100,
+            2,
+            r#"sim.batchguard.dev/duration: "2s""#,
+            "",
+        ),
+    )
+    .await
+    .unwrap();
+
+    // Sample who reconciles all through the rollout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        let namespace = system.name.clone();
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push(leading_pods(&namespace, release));
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            samples
+        })
+    };
+    let (ok, out, err) = helm(&[
+        "upgrade",
+        release,
+        CHART,
+        "-n",
+        &system.name,
+        "-f",
+        values.to_str().unwrap(),
+        "--set",
+        "podAnnotations.rollout=second",
+    ]);
+    assert!(ok, "helm upgrade: {out}{err}");
+    let (ok, out, err) = kubectl(
+        &[
+            "rollout",
+            "status",
+            &format!("deployment/{release}-batchguard"),
+            "-n",
+            &system.name,
+            "--timeout=180s",
+        ],
+        None,
+    );
+    assert!(
+        ok,
+        "the rollout did not complete: {out}{err}\n{}",
+        describe()
+    );
+    // Past the rollout, until a leader of the new pods reconciles.
+    let leader = wait_for(
+        "one of the new pods to lead",
+        Duration::from_secs(60),
+        || async {
+            let pods = leading_pods(&system.name, release);
+            let leaders: Vec<&String> = pods
+                .iter()
+                .filter(|(_, l)| *l == Some(true))
+                .map(|(p, _)| p)
+                .collect();
+            (pods.len() == 2 && leaders.len() == 1).then(|| leaders[0].clone())
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.join().unwrap();
+
+    let both: Vec<_> = samples
+        .iter()
+        .filter(|s| s.iter().filter(|(_, l)| *l == Some(true)).count() > 1)
+        .collect();
+    assert!(
+        both.is_empty(),
+        "two pods reconciled at once: {both:?}\n(of {} samples)",
+        samples.len()
+    );
+    let pods_seen: std::collections::BTreeSet<&String> =
+        samples.iter().flatten().map(|(p, _)| p).collect();
+    assert!(
+        pods_seen.len() >= 3 && samples.len() >= 5,
+        "the sampler saw the rollout: {} samples of {pods_seen:?}",
+        samples.len()
+    );
+    let (_, holder, _) = kubectl(
+        &[
+            "get",
+            "lease",
+            "batchguard-leader",
+            "-n",
+            &system.name,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
+    );
+    assert_eq!(holder, leader, "the Lease names the pod that reconciles");
+
+    let operator_log = || kubectl(&["logs", "-n", &system.name, &leader, "--tail=40"], None).1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let run = loop {
+        let run = runs.get("rolled").await.unwrap();
+        if let Some(Phase::Succeeded | Phase::Failed) = run.status.as_ref().and_then(|s| s.phase) {
+            break run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not finish: {:?}\n{}",
+            run.status,
+            operator_log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let status = run.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    assert_eq!(status.aggregate.records, 2000, "every record counted once");
+    assert_eq!(status.aggregate.outputs.count, 20);
+
+    let (ok, _, err) = helm(&["uninstall", release, "-n", &system.name, "--wait"]);
+    assert!(ok, "helm uninstall: {err}");
+}
+
+#[tokio::test]
+async fn helm_uninstall_releases_the_finalizers_so_the_namespace_goes() {
+    use batchguard::controller::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER};
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use kube::ResourceExt;
+    use kube::api::{DeleteParams, ListParams};
+
+    let node = RealNode::from_env();
+    let client = client().await;
+    install_crd(&client).await;
+    let system = TestNamespace::new(&client, "uninstall-op").await;
+    let work = TestNamespace::new(&client, "uninstall-work").await;
+    let release = "gone";
+    let values = real_node_values(&node, &work.name, "");
+    let (ok, out, err) = helm(&[
+        "install",
+        release,
+        CHART,
+        "-n",
+        &system.name,
+        "-f",
+        values.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    assert!(ok, "helm install: {out}{err}");
+
+    // A run in flight: it holds the cleanup finalizer, its worker pods the result finalizer.
+    let runs: Api<BatchRun> = Api::namespaced(client.clone(), &work.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &work.name);
+    runs.create(
+        &PostParams::default(),
+        &sim_run(
+            "inflight",
+            400,
+            100,
+            2,
+            r#"sim.batchguard.dev/duration: "5m""#,
+            "",
+        ),
+    )
+    .await
+    .unwrap();
+    let holders = || async {
+        let run = runs.get_opt("inflight").await.ok()??;
+        let pods = pods
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .filter(|p| p.finalizers().iter().any(|f| f == RESULT_FINALIZER))
+            .count();
+        Some((
+            run.finalizers().iter().any(|f| f == CLEANUP_FINALIZER),
+            pods,
+        ))
+    };
+    wait_for(
+        "the run and two worker pods to hold the finalizers",
+        Duration::from_secs(90),
+        || async { (holders().await? == (true, 2)).then_some(()) },
+    )
+    .await;
+
+    let (ok, out, err) = helm(&[
+        "uninstall",
+        release,
+        "-n",
+        &system.name,
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    assert!(ok, "helm uninstall (and its hook): {out}{err}");
+    assert_eq!(
+        holders().await,
+        Some((false, 0)),
+        "the hook released every finalizer"
+    );
+    let (_, left, _) = kubectl(
+        &[
+            "get",
+            "jobs,serviceaccounts,clusterroles,clusterrolebindings,roles,rolebindings",
+            "-A",
+            "-l",
+            &format!("app.kubernetes.io/instance={release}"),
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    assert_eq!(left.trim(), "", "the hook and its RBAC are gone: {left}");
+
+    // Deleting the namespace (its run, its pods) now finishes without an operator.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .delete(&work.name, &DeleteParams::background())
+        .await
+        .unwrap();
+    wait_namespace_gone(&client, &work.name, Duration::from_secs(60)).await;
 }

@@ -1,5 +1,6 @@
-//! Two replicas with leader election: only the Lease holder reconciles, and when it is
-//! SIGKILLed the standby takes over and finishes the run with the exact aggregate.
+//! Two replicas with leader election: only the Lease holder reconciles, the standby is Ready
+//! (or no rolling update could finish), when the leader is SIGKILLed the standby takes over
+//! and finishes the run with the exact aggregate, and a leader that stops releases the Lease.
 
 mod support;
 
@@ -10,6 +11,18 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube::api::PostParams;
 use support::*;
+
+/// The value of the `batchguard_leading` gauge: 1 while the process reconciles.
+fn leading(metrics: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("batchguard_leading "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn ready(operator: &Operator) -> bool {
+    http_get(&operator.admin, "/readyz").await.as_deref() == Some("ready")
+}
 
 fn reconciles(metrics: &str) -> u64 {
     metrics
@@ -47,6 +60,16 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     .await;
     assert_eq!(leader, "replica-a");
     let second = replica("replica-b");
+    // The standby is Ready while it waits: a rolling update needs it to be.
+    wait_for(
+        "the standby to be Ready",
+        Duration::from_secs(30),
+        || async { ready(&second).await.then_some(()) },
+    )
+    .await;
+    assert!(ready(&first).await, "the leader is Ready");
+    assert_eq!(leading(&first.metrics().await), Some(1));
+    assert_eq!(leading(&second.metrics().await), Some(0));
 
     let runs: Api<BatchRun> = Api::namespaced(client.clone(), &ns.name);
     let run = batch_run(
@@ -106,4 +129,54 @@ spec:
         reconciles(&second.metrics().await) > 0,
         "the new leader reconciles"
     );
+}
+
+#[tokio::test]
+async fn a_stopping_leader_releases_the_lease_to_a_standby() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "handover").await;
+    let replica = |name: &str| {
+        Operator::start_with_env(
+            &ns.name,
+            &[
+                ("BATCHGUARD_LEADER_ELECTION", "true"),
+                ("POD_NAMESPACE", &ns.name),
+                ("POD_NAME", name),
+            ],
+        )
+    };
+    let first = replica("replica-a");
+    wait_for("replica-a to lead", Duration::from_secs(30), || async {
+        (leading(&first.metrics().await)? == 1).then_some(())
+    })
+    .await;
+    let second = replica("replica-b");
+    wait_for("replica-b to stand by", Duration::from_secs(30), || async {
+        ready(&second).await.then_some(())
+    })
+    .await;
+
+    // SIGTERM, as the kubelet stops a pod in a rollout: the leader stops reconciling, then
+    // releases the Lease. The standby looks again when the lease it saw would have expired
+    // (kube-lease-manager sleeps until then), so it leads within the lease time.
+    let stopped = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &first.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for(
+        "replica-b to lead within the lease time",
+        Duration::from_secs(25),
+        || async { (leading(&second.metrics().await)? == 1).then_some(()) },
+    )
+    .await;
+    let log = std::fs::read_to_string(&first.log).unwrap_or_default();
+    assert!(
+        log.contains("released the lease"),
+        "the old leader said it released the Lease:\n{}",
+        first.log_tail()
+    );
+    eprintln!("handed over in {:?}", stopped.elapsed());
 }

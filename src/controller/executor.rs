@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::events::event_for;
 use super::job::build_job;
-use super::labels::RESULT_FINALIZER;
+use super::labels::{RESULT_FINALIZER, finalizer_removal};
 use super::queue_usage::job_memory_bytes;
 use super::queues::QueueEntry;
 use super::{Context, Error};
@@ -241,14 +241,9 @@ fn refuses(code: u16) -> bool {
 /// Removes the result finalizer, and only it: the JSON patch tests the entry it removes, so a
 /// concurrent change of the pod's finalizers makes it fail instead of dropping another one.
 pub async fn release_finalizer(pods: &Api<Pod>, pod: &Pod, ctx: &Context) -> Result<(), Error> {
-    let Some(index) = pod.finalizers().iter().position(|f| f == RESULT_FINALIZER) else {
+    let Some(patch) = finalizer_removal(pod.finalizers(), RESULT_FINALIZER) else {
         return Ok(());
     };
-    let patch: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": RESULT_FINALIZER},
-        {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
-    ]))
-    .expect("a static JSON patch");
     ctx.metrics.count_request("patch", "pods");
     match pods
         .patch(

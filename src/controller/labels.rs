@@ -34,6 +34,18 @@ pub fn managed_selector() -> String {
     format!("{MANAGED_BY}={MANAGER}")
 }
 
+/// The JSON patch that removes `finalizer` from `finalizers`, and only it: it tests the entry
+/// it removes, so a concurrent change of the list makes it fail instead of dropping another
+/// finalizer. `None` when the finalizer is not there.
+pub fn finalizer_removal(finalizers: &[String], finalizer: &str) -> Option<json_patch::Patch> {
+    let index = finalizers.iter().position(|f| f == finalizer)?;
+    let patch = serde_json::json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": finalizer},
+        {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
+    ]);
+    Some(serde_json::from_value(patch).expect("a well-formed JSON patch"))
+}
+
 /// Labels of a batch Job and its pod.
 pub fn batch_labels(
     run: &str,
@@ -121,5 +133,41 @@ mod tests {
     #[test]
     fn fnv_matches_the_reference_vector() {
         assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    fn list(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn apply(finalizers: &[&str], finalizer: &str) -> Option<Vec<String>> {
+        let patch = finalizer_removal(&list(finalizers), finalizer)?;
+        let mut object = serde_json::json!({"metadata": {"finalizers": finalizers}});
+        json_patch::patch(&mut object, &patch).expect("the patch applies");
+        Some(serde_json::from_value(object["metadata"]["finalizers"].clone()).unwrap())
+    }
+
+    #[test]
+    fn removal_drops_only_our_finalizer() {
+        assert_eq!(
+            apply(
+                &["example.com/keep", RESULT_FINALIZER, "other.io/x"],
+                RESULT_FINALIZER
+            ),
+            Some(list(&["example.com/keep", "other.io/x"]))
+        );
+        assert_eq!(apply(&[CLEANUP_FINALIZER], CLEANUP_FINALIZER), Some(vec![]));
+    }
+
+    #[test]
+    fn removal_is_none_without_our_finalizer() {
+        assert_eq!(apply(&["example.com/keep"], RESULT_FINALIZER), None);
+        assert_eq!(apply(&[], CLEANUP_FINALIZER), None);
+    }
+
+    #[test]
+    fn removal_fails_when_the_list_moved() {
+        let patch = finalizer_removal(&list(&["a/b", RESULT_FINALIZER]), RESULT_FINALIZER).unwrap();
+        let mut moved = serde_json::json!({"metadata": {"finalizers": [RESULT_FINALIZER]}});
+        assert!(json_patch::patch(&mut moved, &patch).is_err());
     }
 }

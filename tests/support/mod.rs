@@ -65,7 +65,8 @@ pub async fn install_crd(client: &Client) {
     .await;
 }
 
-/// A namespace of its own for one test, deleted when dropped.
+/// A namespace of its own for one test, deleted when dropped, and then gone for good: the
+/// drop releases batchguard's finalizers, which no operator will once the test's has stopped.
 pub struct TestNamespace {
     pub name: String,
 }
@@ -100,8 +101,16 @@ impl Drop for TestNamespace {
                 .unwrap();
             rt.block_on(async move {
                 if let Ok(client) = Client::try_default().await {
-                    let namespaces: Api<Namespace> = Api::all(client);
+                    let namespaces: Api<Namespace> = Api::all(client.clone());
                     let _ = namespaces.delete(&name, &DeleteParams::background()).await;
+                    // Nothing new is created in a terminating namespace: the passes end once
+                    // what its runs and worker pods held is released.
+                    let _ = batchguard::finalizers::release_all(
+                        &client,
+                        std::slice::from_ref(&name),
+                        Duration::from_millis(500),
+                    )
+                    .await;
                 }
             });
         })
@@ -337,12 +346,12 @@ pub async fn wait_finished(
 }
 
 /// What most operator tests start from: the CRD installed, a namespace of their own and the
-/// operator watching it. Fields drop in reverse order, so the operator stops before the
+/// operator watching it. Fields drop in declaration order, so the operator stops before the
 /// namespace goes.
 pub struct Setup {
     pub client: Client,
-    pub ns: TestNamespace,
     pub operator: Operator,
+    pub ns: TestNamespace,
     pub runs: Api<BatchRun>,
 }
 
@@ -467,4 +476,28 @@ spec:
 
 pub fn sum_of_offsets(end: u64) -> f64 {
     (0..end).sum::<u64>() as f64
+}
+
+/// Waits until a namespace is gone for good (not merely Terminating); the panic names what it
+/// still holds.
+pub async fn wait_namespace_gone(client: &Client, name: &str, timeout: Duration) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    loop {
+        match namespaces.get_opt(name).await {
+            Ok(None) => return,
+            Ok(Some(ns)) if Instant::now() > deadline => {
+                let conditions = ns
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|c| c.status == "True")
+                    .map(|c| format!("{}: {}", c.type_, c.message.unwrap_or_default()))
+                    .collect::<Vec<_>>();
+                panic!("namespace {name} still there after {timeout:?}: {conditions:#?}");
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
 }

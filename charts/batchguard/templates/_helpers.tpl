@@ -50,6 +50,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   verbs: ["list"]                                 # why a batch Job has no pod (FailedCreate)
 {{- end -}}
 
+{{/* What `batchguard release-finalizers` needs: find runs and worker pods, patch their finalizers. */}}
+{{- define "batchguard.releaseFinalizersRules" -}}
+- apiGroups: ["batchguard.dev"]
+  resources: ["batchruns"]
+  verbs: ["list", "patch"]                        # remove batchguard.dev/cleanup
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "patch"]                        # remove batchguard.dev/result
+{{- end -}}
+
 {{/* Labels and annotations of the CRDs: kept on uninstall unless crds.keep is false. */}}
 {{- define "batchguard.crdMetadata" -}}
 labels:
