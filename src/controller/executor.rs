@@ -129,7 +129,7 @@ pub async fn execute(
                 match created {
                     Ok(_) => {
                         tracing::info!(range = %launch.range, attempt = launch.attempt, "launched batch");
-                        ctx.setbacks.accepted(&uid);
+                        ctx.setbacks.accepted(uid);
                         Ok(())
                     }
                     // Same name, same batch attempt: it was launched already.
@@ -138,7 +138,7 @@ pub async fn execute(
                     // quota or admission): the run says so and backs off.
                     Err(kube::Error::Api(e)) if refuses(e.code) => {
                         tracing::warn!(range = %launch.range, code = e.code, message = %e.message, "the apiserver refused the batch Job");
-                        ctx.setbacks.refused(&uid, generation, e.code, e.message, jiff::Timestamp::now());
+                        ctx.setbacks.refused(uid, generation, e.code, e.message, jiff::Timestamp::now());
                         refused.store(true, std::sync::atomic::Ordering::Relaxed);
                         Ok(())
                     }
