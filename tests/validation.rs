@@ -122,6 +122,27 @@ async fn invalid_manifests_are_rejected_at_apply_naming_the_field() {
             "spec.resources.memory.request must be greater than 0",
         ),
         (
+            "ceiling below the limit",
+            edit(
+                "spec.resources.memory",
+                Some("{request: 1Gi, limit: 2Gi, max: 1536Mi}"),
+            ),
+            "spec.resources.memory.max must not be less than spec.resources.memory.limit",
+        ),
+        (
+            "ceiling not a quantity",
+            edit(
+                "spec.resources.memory",
+                Some("{request: 1Gi, limit: 2Gi, max: lots}"),
+            ),
+            "spec.resources.memory.max must be a quantity",
+        ),
+        (
+            "onOOM unknown",
+            edit("spec.memoryGuard", Some("{onOOM: Double}")),
+            "spec.memoryGuard.onOOM",
+        ),
+        (
             "memory missing",
             edit("spec.resources", None),
             "spec.resources",

@@ -152,6 +152,8 @@ pub struct WorkerResources {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("!isQuantity(self.request) || !isQuantity(self.limit) || quantity(self.request).compareTo(quantity(self.limit)) <= 0")
     .message("spec.resources.memory.request must not be greater than spec.resources.memory.limit"))]
+#[x_kube(validation = Rule::new("!has(self.max) || !isQuantity(self.max) || !isQuantity(self.limit) || quantity(self.max).compareTo(quantity(self.limit)) >= 0")
+    .message("spec.resources.memory.max must not be less than spec.resources.memory.limit"))]
 pub struct MemoryResources {
     /// Memory request of the worker container.
     #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.resources.memory.request must be a quantity such as 512Mi or 2Gi"))]
@@ -163,6 +165,12 @@ pub struct MemoryResources {
     #[x_kube(validation = Rule::new("!isQuantity(self) || quantity(self).compareTo(quantity('0')) > 0").message("spec.resources.memory.limit must be greater than 0: the kubelet reads 0 as no limit at all"))]
     #[schemars(length(min = 1, max = 64))]
     pub limit: String,
+    /// Ceiling for a batch retried with more memory after an OOM kill: the limit (and the
+    /// request with it) doubles per retry up to this. Without it memory never grows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.resources.memory.max must be a quantity such as 512Mi or 2Gi"))]
+    #[schemars(length(min = 1, max = 64))]
+    pub max: Option<String>,
 }
 
 /// The memory guard's settings.
@@ -183,6 +191,10 @@ pub struct MemoryGuard {
     /// How the unfinished records of a drained worker are queued again.
     #[serde(default)]
     pub on_pressure: OnPressure,
+    /// What follows an OOM kill. A batch of one record always gets more memory when
+    /// `spec.resources.memory.max` leaves room.
+    #[serde(default, rename = "onOOM")]
+    pub on_oom: OnOom,
 }
 
 impl Default for MemoryGuard {
@@ -192,6 +204,7 @@ impl Default for MemoryGuard {
             action: GuardAction::default(),
             drain_grace_period_seconds: default_drain_grace(),
             on_pressure: OnPressure::default(),
+            on_oom: OnOom::default(),
         }
     }
 }
@@ -224,6 +237,17 @@ pub enum OnPressure {
     /// In two halves.
     #[default]
     Split,
+}
+
+/// What follows an OOM kill of a worker.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnOom {
+    /// Retry the batch in two halves with the same memory (without using an attempt).
+    #[default]
+    Split,
+    /// Retry the batch whole with twice the memory, up to `spec.resources.memory.max`;
+    /// halves only once the ceiling is reached.
+    Grow,
 }
 
 /// Retries of failed batches: new attempts with exponential backoff and full jitter.

@@ -128,6 +128,10 @@ pub struct PendingBatch {
     /// Why it was queued again.
     #[serde(default)]
     pub reason: String,
+    /// The memory limit its next Job gets when it is more than `spec.resources.memory.limit`
+    /// (retried with more memory after an OOM kill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<String>,
 }
 
 /// The merged results of the workers.
@@ -190,4 +194,11 @@ pub struct FailureRecord {
     pub reason: String,
     /// What went wrong, for a human.
     pub message: String,
+    /// The memory limit the attempt ran with.
+    #[serde(
+        default,
+        rename = "memoryLimit",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_limit: Option<String>,
 }

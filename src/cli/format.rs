@@ -81,8 +81,13 @@ pub fn failures(heading: &str, failures: &[FailureRecord]) -> String {
     }
     let mut out = format!("{heading}\n");
     for f in failures {
+        let memory = f
+            .memory_limit
+            .as_ref()
+            .map(|m| format!(" (limit {m})"))
+            .unwrap_or_default();
         out.push_str(&format!(
-            "  records {} attempt {}: {}: {}\n",
+            "  records {} attempt {}{memory}: {}: {}\n",
             f.range, f.attempt, f.reason, f.message
         ));
     }

@@ -8,6 +8,7 @@ use kube::ResourceExt;
 use super::client::{CliError, Target, api_error};
 use super::format::{age, failures, phase, progress, table};
 use crate::api::BatchRun;
+use crate::plan::RecordRange;
 
 pub async fn run(target: &Target, name: Option<&str>) -> Result<ExitCode, CliError> {
     let now = jiff::Timestamp::now();
@@ -78,10 +79,16 @@ pub fn detail(run: &BatchRun, now: jiff::Timestamp) -> String {
     );
     let _ = writeln!(
         out,
-        "Workers:      {} at once, memory {} request / {} limit{}",
+        "Workers:      {} at once, memory {} request / {} limit{}{}",
         spec.parallelism,
         spec.resources.memory.request,
         spec.resources.memory.limit,
+        spec.resources
+            .memory
+            .max
+            .as_ref()
+            .map(|m| format!(" (up to {m} after an OOM kill)"))
+            .unwrap_or_default(),
         spec.queue
             .as_ref()
             .map(|q| format!(", queue {q}"))
@@ -121,6 +128,24 @@ pub fn detail(run: &BatchRun, now: jiff::Timestamp) -> String {
         for line in table(&["TYPE", "STATUS", "REASON", "MESSAGE"], &rows).lines() {
             let _ = writeln!(out, "  {line}");
         }
+    }
+    let grown: Vec<String> = status
+        .pending
+        .iter()
+        .filter_map(|p| {
+            let limit = p.memory_limit.as_ref()?;
+            let range = RecordRange::new(p.start, p.end.max(p.start));
+            Some(format!(
+                "  records {range} attempt {}: limit {limit}",
+                p.attempt
+            ))
+        })
+        .collect();
+    if !grown.is_empty() {
+        let _ = writeln!(out, "Queued with more memory:");
+        grown.iter().for_each(|line| {
+            let _ = writeln!(out, "{line}");
+        });
     }
     out.push_str(&failures("Recent failures:", &status.failures));
     out

@@ -4,6 +4,7 @@
 
 use kube::runtime::events::{Event, EventType};
 
+use crate::api::bytes_quantity;
 use crate::plan::{Notice, RunState, Settled};
 
 pub fn event_for(notice: &Notice) -> Option<Event> {
@@ -49,6 +50,21 @@ pub fn event_for(notice: &Notice) -> Option<Event> {
                     halves[0], halves[1]
                 ),
                 "Split",
+            )),
+            Settled::MoreMemory {
+                cause,
+                remainder,
+                from,
+                to,
+            } => Some(event(
+                EventType::Warning,
+                "MoreMemory",
+                format!(
+                    "records {range} attempt {attempt} ran out of memory at {} ({cause}); records {remainder} run again with a {} limit",
+                    bytes_quantity(*from),
+                    bytes_quantity(*to)
+                ),
+                "Grow",
             )),
             Settled::Stopped {
                 action,

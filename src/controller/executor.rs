@@ -269,6 +269,8 @@ fn count(ctx: &Context, notice: &Notice) {
         Settled::Resumed { .. } => "resumed",
         Settled::Retrying { .. } => "retried",
         Settled::SplitAfterOom { .. } => "oom_killed",
+        Settled::MoreMemory { cause, .. } if cause == "OOMKilled" => "oom_killed",
+        Settled::MoreMemory { .. } => "stopped_by_guard",
         Settled::FailedForGood { .. } => "failed",
         Settled::Stopped { .. } => "stopped_by_guard",
         Settled::DrainedInProcess { .. } => {

@@ -16,7 +16,7 @@ use kube::{Resource, ResourceExt};
 use super::labels::{
     KUEUE_QUEUE, QUEUE, RESULT_FINALIZER, WORKER_CONTAINER, batch_labels, job_name,
 };
-use crate::api::{BatchRun, GuardAction, memory_bytes};
+use crate::api::{BatchRun, GuardAction, bytes_quantity, memory_bytes};
 use crate::plan::Launch;
 use crate::worker::env;
 
@@ -88,7 +88,7 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
     if let Some(queue) = &spec.queue {
         labels.insert(QUEUE.into(), queue.clone());
     }
-    let limit_bytes = memory_bytes(&spec.resources.memory.limit).map_err(JobError::Limit)?;
+    let (request, limit, limit_bytes) = worker_memory(run, launch.memory_limit)?;
 
     let mut template = spec.template.clone();
     let meta = template.metadata.get_or_insert_with(Default::default);
@@ -143,11 +143,7 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
         environment.push((env::ITEMS, json));
     }
     let container = &mut pod.containers[worker];
-    set_memory(
-        container,
-        &spec.resources.memory.request,
-        &spec.resources.memory.limit,
-    );
+    set_memory(container, &request, &limit);
     let vars = container.env.get_or_insert_with(Default::default);
     vars.retain(|v| !environment.iter().any(|(k, _)| *k == v.name));
     vars.extend(environment.into_iter().map(|(k, v)| EnvVar {
@@ -186,6 +182,20 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
         }),
         status: None,
     })
+}
+
+/// The worker's memory request and limit (quantities) and the limit in bytes: the spec's, or,
+/// for a batch retried with more memory, `grown` bytes of limit and the request scaled with it.
+fn worker_memory(run: &BatchRun, grown: Option<u64>) -> Result<(String, String, u64), JobError> {
+    let memory = &run.spec.resources.memory;
+    let limit_bytes = memory_bytes(&memory.limit).map_err(JobError::Limit)?;
+    let Some(grown) = grown.filter(|g| *g != limit_bytes) else {
+        return Ok((memory.request.clone(), memory.limit.clone(), limit_bytes));
+    };
+    let request_bytes = memory_bytes(&memory.request).unwrap_or(limit_bytes);
+    let scaled = (u128::from(request_bytes) * u128::from(grown) / u128::from(limit_bytes.max(1)))
+        .min(u128::from(grown)) as u64;
+    Ok((bytes_quantity(scaled), bytes_quantity(grown), grown))
 }
 
 fn set_memory(container: &mut Container, request: &str, limit: &str) {
@@ -257,6 +267,7 @@ mod tests {
                     memory: MemoryResources {
                         request: "1Gi".into(),
                         limit: "2Gi".into(),
+                        max: None,
                     },
                 },
                 memory_guard: Default::default(),
@@ -277,6 +288,7 @@ mod tests {
         Launch {
             range: RecordRange::new(10, 20),
             attempt: 2,
+            memory_limit: None,
         }
     }
 
@@ -317,6 +329,23 @@ mod tests {
         );
         assert!(!env.contains_key("BATCHGUARD_ITEMS"));
         assert_eq!(env["BATCHGUARD_MEMORY_THRESHOLD_PERCENT"], "85");
+    }
+
+    #[test]
+    fn a_batch_retried_with_more_memory_gets_it_request_and_limit_alike() {
+        let grown = Launch {
+            memory_limit: Some(4 << 30),
+            ..launch()
+        };
+        let job = build_job(&run(None), &grown).unwrap();
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let resources = pod.containers[1].resources.as_ref().unwrap();
+        assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "4Gi");
+        assert_eq!(resources.requests.as_ref().unwrap()["memory"].0, "2Gi");
+        assert_eq!(
+            env_of(&job)["BATCHGUARD_MEMORY_LIMIT_BYTES"],
+            (4u64 << 30).to_string()
+        );
     }
 
     #[test]

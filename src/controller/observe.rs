@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use super::labels::{JOB_NAME, RESULT_FINALIZER, RUN_UID, batch_of};
-use super::worker_pod::worker_container_of;
+use super::worker_pod::worker_of;
 use crate::guard::marked_action;
 use crate::plan::{
     JobFinish, JobState, NotStarted, ObservedAttempt, PodState, RecordRange, WorkerExit,
@@ -93,11 +93,13 @@ pub fn attempts<'a>(
                 .get(JOB_NAME)
                 .and_then(|j| job_of.get(j))
                 .copied();
-            let worker = worker_container_of(pod, job);
-            entry(&mut by_batch, key).pods.push(pod_state(
+            let worker = worker_of(pod, job);
+            let mut state = pod_state(
                 pod,
-                worker.as_deref().unwrap_or(worker_container),
-            ));
+                worker.as_ref().map_or(worker_container, |w| &w.container),
+            );
+            state.memory_limit = worker.and_then(|w| w.limit).map(|(_, bytes)| bytes);
+            entry(&mut by_batch, key).pods.push(state);
         }
     }
     by_batch.into_values().collect()
@@ -225,6 +227,7 @@ fn pod_state(pod: &Pod, worker_container: &str) -> PodState {
         deleting: pod.metadata.deletion_timestamp.is_some(),
         exit,
         guard_action: marked_action(pod.annotations()),
+        memory_limit: None,
     }
 }
 

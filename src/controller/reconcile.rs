@@ -125,7 +125,14 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
     let _turn = entry.turn.lock().await;
     // A Job whose pod is refused holds none of the queue's memory.
     pod_refused.iter().for_each(|job| entry.pod_refused(job));
-    let wanted = plan(&observed).launch.len();
+    let wanted = plan(&observed).launch;
+    // A batch retried with more memory asks for room at its own size: every batch of this
+    // round is charged that much, so the queue's budget holds whichever starts.
+    let bytes_each = wanted
+        .iter()
+        .filter_map(|launch| launch.memory_limit)
+        .fold(bytes_each, u64::max);
+    let wanted = wanted.len();
     observed.seat = Some(seat(&run, queue, wanted, bytes_each, &entry, ctx));
     let plan = plan(&observed);
     tracing::debug!(
@@ -276,7 +283,15 @@ fn check_spec(run: &BatchRun) -> Result<u64, String> {
     if let Some(items) = &run.spec.input.items {
         check_items_fit(items, run.spec.input.batch_size).map_err(|e| e.to_string())?;
     }
-    let job = build_job(run, &Launch { range, attempt: 1 }).map_err(|e| e.to_string())?;
+    let job = build_job(
+        run,
+        &Launch {
+            range,
+            attempt: 1,
+            memory_limit: None,
+        },
+    )
+    .map_err(|e| e.to_string())?;
     Ok(job_memory_bytes(&job))
 }
 

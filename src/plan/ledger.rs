@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::{ParseRangeSetError, RangeSet, RecordRange};
 use crate::api::{
     Aggregate, BatchRunStatus, FailureRecord, GuardStatus, MAX_FAILURES_SHOWN, MAX_OUTPUTS_SHOWN,
-    MAX_SUM_KEYS, PendingBatch,
+    MAX_SUM_KEYS, PendingBatch, bytes_quantity, memory_bytes,
 };
 use crate::worker::WorkerResult;
 
@@ -19,6 +19,8 @@ pub struct Requeued {
     pub failures: u32,
     pub not_before: Option<Timestamp>,
     pub reason: String,
+    /// Bytes of memory limit its next Job gets, when grown past the spec's after an OOM kill.
+    pub memory_limit: Option<u64>,
 }
 
 /// The exactly-once ledger of a run.
@@ -157,6 +159,8 @@ impl Requeued {
             failures: p.failures,
             not_before: p.not_before.as_ref().map(|t| t.0),
             reason: p.reason.clone(),
+            // A quantity the operator wrote itself; unreadable means the spec's limit.
+            memory_limit: p.memory_limit.as_deref().and_then(|q| memory_bytes(q).ok()),
         }
     }
 
@@ -168,6 +172,7 @@ impl Requeued {
             failures: self.failures,
             not_before: self.not_before.map(Time),
             reason: self.reason.clone(),
+            memory_limit: self.memory_limit.map(bytes_quantity),
         }
     }
 }
@@ -267,6 +272,7 @@ mod tests {
                 attempt,
                 reason: "Error".into(),
                 message: String::new(),
+                memory_limit: None,
             });
         }
         assert_eq!(ledger.failures.len(), MAX_FAILURES_SHOWN);
@@ -285,7 +291,8 @@ mod tests {
             attempt: 2,
             failures: 1,
             not_before: Some(Timestamp::from_second(1_800_000_000).unwrap()),
-            reason: "Error".into(),
+            reason: "OOMKilled".into(),
+            memory_limit: Some(3 << 29),
         });
         let mut status = BatchRunStatus::default();
         ledger.write_to(&mut status);
@@ -304,6 +311,7 @@ mod tests {
             failures: 1,
             not_before: None,
             reason: "Error".into(),
+            memory_limit: None,
         });
         let covered = ledger.covered();
         assert!(

@@ -54,6 +54,8 @@ pub struct PodState {
     pub waiting: Option<NotStarted>,
     /// Every container has ended (phase Succeeded or Failed): the pod holds no memory.
     pub ended: bool,
+    /// The worker container's memory limit in bytes, as the pod was given it.
+    pub memory_limit: Option<u64>,
 }
 
 /// A worker that has not started, and why.
@@ -134,6 +136,11 @@ impl ObservedAttempt {
             Some(job) => !job.deleting && job.finished.is_none() && !self.worker_ended(),
             None => self.pods.iter().any(|p| p.exit.is_none() && !p.deleting),
         }
+    }
+
+    /// The memory limit the attempt's worker ran with.
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.pods.iter().find_map(|p| p.memory_limit)
     }
 
     /// The worker has ended, or the Job gave up without a worker result.

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::{
-    Ledger, Observed, ObservedAttempt, Outcome, RangeSet, RecordRange, Requeued, RunState,
+    Ledger, Observed, ObservedAttempt, Outcome, Ran, RangeSet, RecordRange, Requeued, RunState,
     SettlePolicy, Settled, clean_up, fresh_batches, outcome_of, rerun_failed, settle,
     sized_batches, stall,
 };
@@ -28,6 +28,8 @@ pub const QUEUE_POLL: Duration = Duration::from_secs(1);
 pub struct Launch {
     pub range: RecordRange,
     pub attempt: u32,
+    /// Bytes of memory limit when grown past the spec's after an OOM kill.
+    pub memory_limit: Option<u64>,
 }
 
 /// Something users should hear about (the executor turns these into Events).
@@ -110,14 +112,22 @@ pub fn plan(observed: &Observed) -> Plan {
         plan.notices.push(Notice::Retried { batches });
     }
     let universe = universe(spec);
+    let limit_bytes = memory_bytes(&spec.resources.memory.limit).unwrap_or(0);
     let policy = SettlePolicy {
         retry: &spec.retry,
         on_pressure: spec.memory_guard.on_pressure,
+        on_oom: spec.memory_guard.on_oom,
         threshold: spec.memory_guard.threshold,
-        limit: &spec.resources.memory.limit,
+        limit_bytes,
+        max_bytes: spec
+            .resources
+            .memory
+            .max
+            .as_deref()
+            .and_then(|m| memory_bytes(m).ok()),
+        items: spec.input.items.as_deref(),
         seed: observed.run_uid,
     };
-    let limit_bytes = memory_bytes(&spec.resources.memory.limit).unwrap_or(0);
 
     // Settle every attempt whose worker ended and whose result is not in the ledger yet.
     let covered = ledger.covered();
@@ -139,14 +149,12 @@ pub fn plan(observed: &Observed) -> Plan {
                     target,
                 );
             }
-            let settled = settle(
-                &mut ledger,
-                attempt.range,
-                attempt.attempt,
-                outcome.clone(),
-                &policy,
-                now,
-            );
+            let ran = Ran {
+                range: attempt.range,
+                attempt: attempt.attempt,
+                memory_limit: attempt.memory_limit(),
+            };
+            let settled = settle(&mut ledger, ran, outcome.clone(), &policy, now);
             plan.notices.push(Notice::Settled {
                 range: attempt.range,
                 attempt: attempt.attempt,
@@ -199,6 +207,7 @@ pub fn plan(observed: &Observed) -> Plan {
                     plan.launch.push(Launch {
                         range: entry.range,
                         attempt: entry.attempt,
+                        memory_limit: entry.memory_limit,
                     });
                     room -= 1;
                 }
@@ -224,10 +233,14 @@ pub fn plan(observed: &Observed) -> Plan {
                     failures: 0,
                     not_before: None,
                     reason: "Sized".into(),
+                    memory_limit: None,
                 }));
             }
-            plan.launch
-                .extend(fresh.into_iter().map(|range| Launch { range, attempt: 1 }));
+            plan.launch.extend(fresh.into_iter().map(|range| Launch {
+                range,
+                attempt: 1,
+                memory_limit: None,
+            }));
         }
     }
 

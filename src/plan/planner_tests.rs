@@ -27,6 +27,7 @@ fn spec(end: i64, batch_size: u64, parallelism: u32) -> BatchRunSpec {
             memory: MemoryResources {
                 request: "1Gi".into(),
                 limit: "2Gi".into(),
+                max: None,
             },
         },
         memory_guard: Default::default(),
@@ -106,7 +107,9 @@ impl Sim {
                     .iter()
                     .any(|a| a.range == launch.range && a.attempt == launch.attempt)
                 {
-                    self.attempts.push(running(launch.range, launch.attempt));
+                    let mut attempt = running(launch.range, launch.attempt);
+                    attempt.pods[0].memory_limit = launch.memory_limit;
+                    self.attempts.push(attempt);
                 }
             }
         }
@@ -181,6 +184,7 @@ fn running(range: RecordRange, attempt: u32) -> ObservedAttempt {
             deleting: false,
             exit: None,
             guard_action: None,
+            memory_limit: None,
             ended: false,
             waiting: None,
         }],
@@ -229,7 +233,8 @@ fn a_finished_batch_is_counted_released_and_replaced() {
         plan.launch,
         vec![Launch {
             range: RecordRange::new(30, 40),
-            attempt: 1
+            attempt: 1,
+            memory_limit: None,
         }]
     );
     assert_eq!(sim.alive(), 3);
@@ -283,7 +288,8 @@ fn a_failed_batch_is_retried_after_its_backoff() {
         plan.launch,
         vec![Launch {
             range: RecordRange::new(0, 10),
-            attempt: 2
+            attempt: 2,
+            memory_limit: None,
         }]
     );
 }
@@ -416,6 +422,7 @@ fn a_full_retry_queue_stops_fresh_batches() {
                 t0() + Duration::from_secs(60),
             )),
             reason: "Error".into(),
+            memory_limit: None,
         })
         .collect();
     let plan = sim.reconcile();
@@ -529,7 +536,8 @@ fn later_batches_shrink_to_fit_the_memory_learned_from_finished_ones() {
         plan.launch,
         vec![Launch {
             range: RecordRange::new(1000, 1755),
-            attempt: 1
+            attempt: 1,
+            memory_limit: None,
         }]
     );
     assert_eq!(
@@ -609,7 +617,8 @@ fn batches_well_below_the_threshold_do_not_shrink_later_ones() {
         plan.launch,
         vec![Launch {
             range: RecordRange::new(1000, 2000),
-            attempt: 1
+            attempt: 1,
+            memory_limit: None,
         }]
     );
 }
@@ -704,7 +713,8 @@ fn a_drained_worker_continues_in_a_new_job() {
         plan.launch,
         vec![Launch {
             range: RecordRange::new(40, 70),
-            attempt: 2
+            attempt: 2,
+            memory_limit: None,
         }]
     );
 }
@@ -729,7 +739,8 @@ fn a_retry_request_reruns_the_failed_ranges_of_a_failed_run_once() {
         plan.launch,
         vec![Launch {
             range: RecordRange::new(50, 100),
-            attempt: 2
+            attempt: 2,
+            memory_limit: None,
         }]
     );
     let status = plan.status.unwrap();
@@ -751,4 +762,40 @@ fn a_retry_request_reruns_the_failed_ranges_of_a_failed_run_once() {
     // The same request again changes nothing.
     let plan = sim.reconcile();
     assert!(plan.launch.is_empty() && plan.status.is_none(), "{plan:?}");
+}
+
+#[test]
+fn an_oom_killed_record_is_launched_again_with_more_memory_from_the_status() {
+    let mut spec = spec(2, 1, 2);
+    spec.resources.memory.max = Some("3Gi".into());
+    let mut sim = Sim::new(spec);
+    sim.reconcile();
+    sim.end(1, 137, "OOMKilled", "");
+    // A crash after the status write: the grown memory is read back from the status.
+    let first = sim.reconcile_with_crash(1);
+    assert!(first.launch.is_empty() || first.launch[0].memory_limit == Some(3 << 30));
+    assert_eq!(sim.status.pending[0].memory_limit.as_deref(), Some("3Gi"));
+    let plan = sim.reconcile();
+    assert_eq!(
+        plan.launch,
+        vec![Launch {
+            range: RecordRange::new(1, 2),
+            attempt: 2,
+            memory_limit: Some(3 << 30),
+        }]
+    );
+    assert!(
+        plan.notices.is_empty(),
+        "the OOM kill was announced once, before the crash"
+    );
+    let again = sim.attempts.len() - 1;
+    assert_eq!(sim.attempts[again].pods[0].memory_limit, Some(3 << 30));
+    sim.succeed(0);
+    sim.succeed(again);
+    let status = sim.reconcile().status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Succeeded));
+    assert_eq!(status.completed, "0-1");
+    assert_eq!(status.aggregate.records, 2);
+    assert_eq!(status.guard.oom_kills, 1);
+    assert_eq!(status.failures[0].memory_limit.as_deref(), Some("2Gi"));
 }

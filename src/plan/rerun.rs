@@ -36,6 +36,7 @@ pub fn rerun_failed(ledger: &mut Ledger, attempts: &[ObservedAttempt], batch_siz
                 failures: 0,
                 not_before: None,
                 reason: "Retried".into(),
+                memory_limit: None,
             });
             queued += 1;
             start = piece.end;
@@ -71,6 +72,7 @@ mod tests {
             attempt: 3,
             reason: "Error".into(),
             message: "boom".into(),
+            memory_limit: None,
         });
         // The pod of attempt 3 of 100-199 is still retained for its logs.
         let attempts = [failed_attempt(100, 200, 3)];

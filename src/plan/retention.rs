@@ -125,6 +125,7 @@ mod tests {
                     finished_at,
                 }),
                 guard_action: None,
+                memory_limit: None,
                 waiting: None,
                 ended: pod_ended,
             }],

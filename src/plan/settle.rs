@@ -4,11 +4,15 @@
 use jiff::Timestamp;
 
 use super::{Ledger, ObservedAttempt, RecordRange, Requeued, retry_delay};
-use crate::api::{FailureRecord, GuardAction, OnPressure, RetryPolicy};
+use crate::api::{FailureRecord, GuardAction, OnOom, OnPressure, RetryPolicy, bytes_quantity};
 use crate::worker::{BadOutput, MemorySeen, WorkerResult};
 
 /// Longest failure message kept in status.
 const MAX_FAILURE_MESSAGE: usize = 512;
+
+/// A batch retried with more memory gets this many times the limit it ran out of, at most
+/// `spec.resources.memory.max`; the request grows in proportion.
+pub const MEMORY_GROWTH: u64 = 2;
 
 /// How an attempt ended, as far as the ledger cares.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,6 +47,14 @@ pub enum Settled {
     },
     SplitAfterOom {
         halves: [RecordRange; 2],
+    },
+    /// The records run again whole with a larger memory limit (bytes `from` to `to`), after
+    /// an OOM kill or after the guard stopped a worker that could not finish one record.
+    MoreMemory {
+        cause: String,
+        remainder: RecordRange,
+        from: u64,
+        to: u64,
     },
     FailedForGood {
         reason: String,
@@ -132,43 +144,81 @@ fn non_empty(text: &str, fallback: &str) -> String {
     }
 }
 
+/// An attempt to settle: its records, its number, and the memory limit its worker ran with
+/// (bytes; `None` when unknown, taken as the spec's).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ran {
+    pub range: RecordRange,
+    pub attempt: u32,
+    pub memory_limit: Option<u64>,
+}
+
+impl Ran {
+    pub fn new(range: RecordRange, attempt: u32) -> Self {
+        Self {
+            range,
+            attempt,
+            memory_limit: None,
+        }
+    }
+}
+
 /// Settles one attempt into the ledger. The caller checked `ledger.awaits(range, attempt)`.
 pub fn settle(
     ledger: &mut Ledger,
-    range: RecordRange,
-    attempt: u32,
+    ran: Ran,
     outcome: Outcome,
     policy: &SettlePolicy,
     now: Timestamp,
 ) -> Settled {
     let failures = ledger
-        .pending_index(range, attempt)
+        .pending_index(ran.range, ran.attempt)
         .map(|i| ledger.pending.remove(i).failures)
         .unwrap_or(0);
-    settle_with(ledger, (range, attempt, failures), outcome, policy, now)
+    settle_with(ledger, (ran, failures), outcome, policy, now)
 }
 
 /// Settles an attempt already taken off the queue, with the failures its range had so far.
 fn settle_with(
     ledger: &mut Ledger,
-    (range, attempt, failures): (RecordRange, u32, u32),
+    (ran, failures): (Ran, u32),
     outcome: Outcome,
     policy: &SettlePolicy,
     now: Timestamp,
 ) -> Settled {
+    let Ran { range, attempt, .. } = ran;
+    let ran_with = ran.memory_limit.unwrap_or(policy.limit_bytes);
+    // What is queued again keeps the memory the attempt was grown to.
+    let kept = ran.memory_limit.filter(|m| *m > policy.limit_bytes);
     let requeue = |range, reason: &str, failures, delay: std::time::Duration| Requeued {
         range,
         attempt: attempt + 1,
         failures,
         not_before: (!delay.is_zero()).then(|| now + delay),
         reason: reason.to_string(),
+        memory_limit: kept,
+    };
+    // Runs `rest` again whole with more memory, when the ceiling leaves room.
+    let grow = |ledger: &mut Ledger, rest: RecordRange, cause: &str| {
+        let max = policy.max_bytes.filter(|max| ran_with < *max)?;
+        let to = ran_with.saturating_mul(MEMORY_GROWTH).min(max);
+        ledger.pending.push(Requeued {
+            memory_limit: Some(to),
+            ..requeue(rest, cause, failures, Default::default())
+        });
+        Some(Settled::MoreMemory {
+            cause: cause.to_string(),
+            remainder: rest,
+            from: ran_with,
+            to,
+        })
     };
     match outcome {
         Outcome::Finished(result) => {
             if let Err(refused) = ledger.add_result(result.done(range), &result) {
                 // Refused as a whole; it counts as one more failure of this range.
                 let outcome = bad_output_text(refused.to_string());
-                return settle_with(ledger, (range, attempt, failures), outcome, policy, now);
+                return settle_with(ledger, (ran, failures), outcome, policy, now);
             }
             ledger.succeeded += 1;
             let remainder = result.remainder(range);
@@ -210,17 +260,24 @@ fn settle_with(
                 (true, _) => vec![rest],
                 (false, _) if rest.len() > 1 => rest.halves().to_vec(),
                 (false, _) => {
+                    if let Some(more) = grow(ledger, rest, "MemoryPressure") {
+                        return more;
+                    }
                     ledger.failed.insert(rest);
                     ledger.failed_batches += 1;
                     let message = format!(
-                        "record {} alone needs more than {}% of the {} memory limit: raise spec.resources.memory.limit",
-                        rest.start, policy.threshold, policy.limit
+                        "{} alone needs more than {}% of its {} memory limit: {}",
+                        policy.name(rest.start),
+                        policy.threshold,
+                        bytes_quantity(ran_with),
+                        policy.raise_hint()
                     );
                     ledger.record_failure(FailureRecord {
                         range: rest.to_string(),
                         attempt,
                         reason: "MemoryPressure".into(),
                         message: message.clone(),
+                        memory_limit: Some(bytes_quantity(ran_with)),
                     });
                     return Settled::FailedForGood {
                         reason: "MemoryPressure".into(),
@@ -263,17 +320,41 @@ fn settle_with(
                 }
             }
             let message = truncate(&message, MAX_FAILURE_MESSAGE);
+            let oom = reason == "OOMKilled";
+            // One record cannot be split: it can only get more memory, up to the ceiling.
+            let past_ceiling = policy
+                .max_bytes
+                .filter(|max| oom && rest.len() == 1 && ran_with >= *max)
+                .map(|max| {
+                    format!(
+                        "{} needs more memory than the {} ceiling (spec.resources.memory.max): OOM-killed at {}",
+                        policy.name(rest.start),
+                        bytes_quantity(max),
+                        bytes_quantity(ran_with)
+                    )
+                });
             ledger.record_failure(FailureRecord {
                 range: range.to_string(),
                 attempt,
                 reason: reason.clone(),
-                message: message.clone(),
+                message: past_ceiling.clone().unwrap_or_else(|| message.clone()),
+                memory_limit: Some(bytes_quantity(ran_with)),
             });
             if rest.is_empty() {
                 return Settled::Succeeded;
             }
-            if reason == "OOMKilled" {
+            if oom {
                 ledger.guard.oom_kills += 1;
+                if let Some(message) = past_ceiling {
+                    ledger.failed.insert(rest);
+                    ledger.failed_batches += 1;
+                    return Settled::FailedForGood { reason, message };
+                }
+                if policy.on_oom == OnOom::Grow || rest.len() == 1 {
+                    if let Some(more) = grow(ledger, rest, "OOMKilled") {
+                        return more;
+                    }
+                }
                 if rest.len() > 1 {
                     let halves = rest.halves();
                     for half in halves {
@@ -342,11 +423,35 @@ fn truncate(text: &str, max: usize) -> String {
 pub struct SettlePolicy<'a> {
     pub retry: &'a RetryPolicy,
     pub on_pressure: OnPressure,
-    /// Guard threshold and memory limit, for the message of a record too large to process.
+    pub on_oom: OnOom,
+    /// Guard threshold, for the message of a record too large to process.
     pub threshold: u8,
-    pub limit: &'a str,
+    /// Bytes of the spec's memory limit, and of its ceiling for retries with more memory.
+    pub limit_bytes: u64,
+    pub max_bytes: Option<u64>,
+    /// The run's items, to name a record in items mode.
+    pub items: Option<&'a [String]>,
     /// Seeds the jitter (the run's uid).
     pub seed: &'a str,
+}
+
+impl SettlePolicy<'_> {
+    /// A record as users know it: the item's name in items mode, the offset otherwise.
+    fn name(&self, record: u64) -> String {
+        match self.items.and_then(|items| items.get(record as usize)) {
+            Some(item) => format!("item {record} ({item:?})"),
+            None => format!("record {record}"),
+        }
+    }
+
+    fn raise_hint(&self) -> &'static str {
+        match self.max_bytes {
+            Some(_) => "raise spec.resources.memory.max",
+            None => {
+                "raise spec.resources.memory.limit, or set spec.resources.memory.max to retry it with more memory"
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -360,8 +465,11 @@ mod tests {
         SettlePolicy {
             retry,
             on_pressure: OnPressure::Resume,
+            on_oom: OnOom::Split,
             threshold: 85,
-            limit: "2Gi",
+            limit_bytes: 2 << 30,
+            max_bytes: None,
+            items: None,
             seed: "uid",
         }
     }
@@ -380,6 +488,7 @@ mod tests {
                 holds_result: true,
                 deleting: false,
                 guard_action: None,
+                memory_limit: None,
                 ended: false,
                 waiting: None,
                 exit: Some(WorkerExit {
@@ -474,7 +583,7 @@ mod tests {
             partial: None,
         };
 
-        let first = settle(&mut ledger, BATCH, 1, fail(), &policy, now());
+        let first = settle(&mut ledger, Ran::new(BATCH, 1), fail(), &policy, now());
         assert!(matches!(first, Settled::Retrying { delay_seconds, .. } if delay_seconds <= 10));
         assert_eq!(ledger.pending.len(), 1);
         assert_eq!(
@@ -482,13 +591,13 @@ mod tests {
             (2, 1)
         );
 
-        settle(&mut ledger, BATCH, 2, fail(), &policy, now());
+        settle(&mut ledger, Ran::new(BATCH, 2), fail(), &policy, now());
         assert_eq!(
             (ledger.pending[0].attempt, ledger.pending[0].failures),
             (3, 2)
         );
 
-        let last = settle(&mut ledger, BATCH, 3, fail(), &policy, now());
+        let last = settle(&mut ledger, Ran::new(BATCH, 3), fail(), &policy, now());
         assert!(
             matches!(last, Settled::FailedForGood { ref message, .. } if message.contains("no retries left"))
         );
@@ -510,12 +619,17 @@ mod tests {
             })
         };
         let first = RecordRange::new(100, 200);
-        settle(&mut ledger, first, 1, huge(100), &policy(&retry), now());
+        settle(
+            &mut ledger,
+            Ran::new(first, 1),
+            huge(100),
+            &policy(&retry),
+            now(),
+        );
         for attempt in 1..retry.max_attempts {
             let settled = settle(
                 &mut ledger,
-                BATCH,
-                attempt,
+                Ran::new(BATCH, attempt),
                 huge(100),
                 &policy(&retry),
                 now(),
@@ -528,8 +642,7 @@ mod tests {
         }
         let last = settle(
             &mut ledger,
-            BATCH,
-            retry.max_attempts,
+            Ran::new(BATCH, retry.max_attempts),
             huge(100),
             &policy(&retry),
             now(),
@@ -557,8 +670,7 @@ mod tests {
         };
         let settled = settle(
             &mut ledger,
-            BATCH,
-            1,
+            Ran::new(BATCH, 1),
             Outcome::Finished(result),
             &policy(&retry),
             now(),
@@ -593,8 +705,7 @@ mod tests {
         };
         settle(
             &mut ledger,
-            BATCH,
-            1,
+            Ran::new(BATCH, 1),
             Outcome::Finished(result),
             &policy,
             now(),
@@ -615,7 +726,7 @@ mod tests {
             message: "exit 137".into(),
             partial: None,
         };
-        let settled = settle(&mut ledger, BATCH, 1, oom, &policy(&retry), now());
+        let settled = settle(&mut ledger, Ran::new(BATCH, 1), oom, &policy(&retry), now());
         assert_eq!(
             settled,
             Settled::SplitAfterOom {
@@ -629,6 +740,200 @@ mod tests {
                 .all(|p| p.failures == 0 && p.attempt == 2)
         );
         assert_eq!(ledger.guard.oom_kills, 1);
+    }
+
+    const GI: u64 = 1 << 30;
+
+    fn oom() -> Outcome {
+        Outcome::Failed {
+            reason: "OOMKilled".into(),
+            message: "exit 137".into(),
+            partial: None,
+        }
+    }
+
+    fn growing(retry: &RetryPolicy, on_oom: OnOom) -> SettlePolicy<'_> {
+        SettlePolicy {
+            on_oom,
+            max_bytes: Some(6 * GI),
+            ..policy(retry)
+        }
+    }
+
+    fn ran(range: RecordRange, attempt: u32, memory_limit: Option<u64>) -> Ran {
+        Ran {
+            range,
+            attempt,
+            memory_limit,
+        }
+    }
+
+    #[test]
+    fn one_oom_killed_record_runs_again_with_twice_the_memory_up_to_the_ceiling() {
+        let retry = RetryPolicy::default();
+        let policy = growing(&retry, OnOom::Split);
+        let mut ledger = Ledger::default();
+        let record = RecordRange::new(7, 8);
+
+        let settled = settle(
+            &mut ledger,
+            ran(record, 1, Some(2 * GI)),
+            oom(),
+            &policy,
+            now(),
+        );
+        assert_eq!(
+            settled,
+            Settled::MoreMemory {
+                cause: "OOMKilled".into(),
+                remainder: record,
+                from: 2 * GI,
+                to: 4 * GI
+            }
+        );
+        let next = &ledger.pending[0];
+        assert_eq!((next.range, next.attempt, next.failures), (record, 2, 0));
+        assert_eq!(next.memory_limit, Some(4 * GI));
+        assert_eq!(ledger.failures[0].memory_limit.as_deref(), Some("2Gi"));
+
+        // 4Gi doubled passes the 6Gi ceiling: the last try gets the ceiling itself.
+        let settled = settle(
+            &mut ledger,
+            ran(record, 2, Some(4 * GI)),
+            oom(),
+            &policy,
+            now(),
+        );
+        assert!(
+            matches!(settled, Settled::MoreMemory { to, .. } if to == 6 * GI),
+            "{settled:?}"
+        );
+
+        let settled = settle(
+            &mut ledger,
+            ran(record, 3, Some(6 * GI)),
+            oom(),
+            &policy,
+            now(),
+        );
+        let Settled::FailedForGood { reason, message } = settled else {
+            panic!("{settled:?}")
+        };
+        assert_eq!(reason, "OOMKilled");
+        assert!(
+            message.contains("record 7 needs more memory than the 6Gi ceiling")
+                && message.contains("OOM-killed at 6Gi"),
+            "{message}"
+        );
+        assert!(ledger.pending.is_empty());
+        assert_eq!(ledger.failures.last().unwrap().message, message);
+        assert_eq!(ledger.failed.to_string(), "7");
+        assert_eq!((ledger.failed_batches, ledger.guard.oom_kills), (1, 3));
+    }
+
+    #[test]
+    fn a_record_too_large_is_named_by_its_item_in_items_mode() {
+        let retry = RetryPolicy::default();
+        let items = ["a".to_string(), "b".to_string(), "client-42".to_string()];
+        let policy = SettlePolicy {
+            items: Some(&items),
+            ..growing(&retry, OnOom::Split)
+        };
+        let mut ledger = Ledger::default();
+        let item = RecordRange::new(2, 3);
+        let settled = settle(
+            &mut ledger,
+            ran(item, 4, Some(6 * GI)),
+            oom(),
+            &policy,
+            now(),
+        );
+        assert!(
+            matches!(&settled, Settled::FailedForGood { message, .. } if message.contains(r#"item 2 ("client-42") needs more memory"#)),
+            "{settled:?}"
+        );
+    }
+
+    #[test]
+    fn without_a_ceiling_memory_never_grows() {
+        let retry = RetryPolicy::default();
+        let policy = SettlePolicy {
+            on_oom: OnOom::Grow,
+            ..policy(&retry)
+        };
+        let mut ledger = Ledger::default();
+        let settled = settle(&mut ledger, Ran::new(BATCH, 1), oom(), &policy, now());
+        assert!(
+            matches!(settled, Settled::SplitAfterOom { .. }),
+            "{settled:?}"
+        );
+        let record = RecordRange::new(0, 1);
+        let settled = settle(&mut ledger, Ran::new(record, 2), oom(), &policy, now());
+        assert!(matches!(settled, Settled::Retrying { .. }), "{settled:?}");
+        assert!(ledger.pending.iter().all(|p| p.memory_limit.is_none()));
+    }
+
+    #[test]
+    fn grow_retries_a_whole_batch_with_more_memory_then_halves_it_at_the_ceiling() {
+        let retry = RetryPolicy::default();
+        let policy = growing(&retry, OnOom::Grow);
+        let mut ledger = Ledger::default();
+        let settled = settle(
+            &mut ledger,
+            ran(BATCH, 1, Some(2 * GI)),
+            oom(),
+            &policy,
+            now(),
+        );
+        assert!(matches!(settled, Settled::MoreMemory { remainder, .. } if remainder == BATCH));
+        assert_eq!(ledger.pending[0].memory_limit, Some(4 * GI));
+
+        ledger.pending.clear();
+        let settled = settle(
+            &mut ledger,
+            ran(BATCH, 3, Some(6 * GI)),
+            oom(),
+            &policy,
+            now(),
+        );
+        assert_eq!(
+            settled,
+            Settled::SplitAfterOom {
+                halves: BATCH.halves()
+            }
+        );
+        assert!(
+            ledger
+                .pending
+                .iter()
+                .all(|p| p.memory_limit == Some(6 * GI)),
+            "the halves keep the memory they were grown to: {:?}",
+            ledger.pending
+        );
+    }
+
+    #[test]
+    fn a_record_the_guard_stops_without_progress_gets_more_memory_when_the_ceiling_allows() {
+        let retry = RetryPolicy::default();
+        let policy = growing(&retry, OnOom::Split);
+        let mut ledger = Ledger::default();
+        let record = RecordRange::new(3, 4);
+        let stopped = Outcome::Stopped {
+            action: GuardAction::Drain,
+            partial: None,
+        };
+        let settled = settle(&mut ledger, ran(record, 1, None), stopped, &policy, now());
+        assert_eq!(
+            settled,
+            Settled::MoreMemory {
+                cause: "MemoryPressure".into(),
+                remainder: record,
+                from: 2 * GI,
+                to: 4 * GI
+            }
+        );
+        assert_eq!(ledger.guard.drains, 1);
+        assert!(ledger.failed.is_empty());
     }
 
     #[test]
@@ -645,7 +950,13 @@ mod tests {
             message: "x".into(),
             partial: Some(partial),
         };
-        settle(&mut ledger, BATCH, 1, failed, &policy(&retry), now());
+        settle(
+            &mut ledger,
+            Ran::new(BATCH, 1),
+            failed,
+            &policy(&retry),
+            now(),
+        );
         assert_eq!(ledger.completed.to_string(), "0-9");
         assert_eq!(ledger.pending[0].range, RecordRange::new(10, 100));
     }
@@ -663,7 +974,13 @@ mod tests {
             action: GuardAction::Drain,
             partial: Some(partial),
         };
-        let settled = settle(&mut ledger, BATCH, 1, stopped, &policy(&retry), now());
+        let settled = settle(
+            &mut ledger,
+            Ran::new(BATCH, 1),
+            stopped,
+            &policy(&retry),
+            now(),
+        );
         assert_eq!(
             settled,
             Settled::Stopped {
@@ -691,8 +1008,7 @@ mod tests {
         };
         let settled = settle(
             &mut ledger,
-            RecordRange::new(0, 2),
-            1,
+            Ran::new(RecordRange::new(0, 2), 1),
             restart(),
             &policy(&retry),
             now(),
@@ -701,8 +1017,7 @@ mod tests {
         assert_eq!(ledger.guard.restarts, 1);
         let settled = settle(
             &mut ledger,
-            RecordRange::new(0, 1),
-            2,
+            Ran::new(RecordRange::new(0, 1), 2),
             restart(),
             &policy(&retry),
             now(),
@@ -712,7 +1027,7 @@ mod tests {
         };
         assert_eq!(reason, "MemoryPressure");
         assert!(
-            message.contains("record 0 alone needs more than 85% of the 2Gi memory limit"),
+            message.contains("record 0 alone needs more than 85% of its 2Gi memory limit"),
             "{message}"
         );
     }
@@ -736,7 +1051,13 @@ mod tests {
         let retry = RetryPolicy::default();
         let mut ledger = Ledger::default();
         let outcome = outcome_of(&ended(0, "Completed", MEMORY_STOP)).unwrap();
-        let settled = settle(&mut ledger, BATCH, 1, outcome, &policy(&retry), now());
+        let settled = settle(
+            &mut ledger,
+            Ran::new(BATCH, 1),
+            outcome,
+            &policy(&retry),
+            now(),
+        );
         let Settled::DrainedInProcess {
             seen,
             remainder,
@@ -763,7 +1084,13 @@ mod tests {
         let mut attempt = ended(0, "Completed", MEMORY_STOP);
         attempt.pods[0].guard_action = Some(GuardAction::Drain);
         let outcome = outcome_of(&attempt).unwrap();
-        let settled = settle(&mut ledger, BATCH, 1, outcome, &policy(&retry), now());
+        let settled = settle(
+            &mut ledger,
+            Ran::new(BATCH, 1),
+            outcome,
+            &policy(&retry),
+            now(),
+        );
         assert!(matches!(settled, Settled::Stopped { .. }), "{settled:?}");
         assert_eq!((ledger.guard.drains, ledger.drained), (1, 1));
         assert_eq!(ledger.completed.to_string(), "0-29");
@@ -776,7 +1103,13 @@ mod tests {
         let stop = r#"{"records": 0, "resumeFrom": 0, "stoppedFor": "memory",
             "memory": {"workingSetBytes": 9, "limitBytes": 10}}"#;
         let outcome = outcome_of(&ended(0, "Completed", stop)).unwrap();
-        let settled = settle(&mut ledger, BATCH, 1, outcome, &policy(&retry), now());
+        let settled = settle(
+            &mut ledger,
+            Ran::new(BATCH, 1),
+            outcome,
+            &policy(&retry),
+            now(),
+        );
         assert!(
             matches!(settled, Settled::DrainedInProcess { ref pieces, .. } if pieces.len() == 2),
             "{settled:?}"

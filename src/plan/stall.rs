@@ -179,6 +179,7 @@ mod tests {
             deleting: false,
             exit: None,
             guard_action: None,
+            memory_limit: None,
             ended: false,
             waiting: Some(NotStarted {
                 reason: reason.into(),
