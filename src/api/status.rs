@@ -175,12 +175,26 @@ pub struct GuardStatus {
     /// Highest memory use seen, in percent of the limit.
     #[serde(default)]
     pub peak_percent: u32,
-    /// Learned from finished batches: peak worker memory per record.
+    /// Learned from finished batches: peak worker memory per record, beyond the baseline.
     #[serde(default)]
     pub bytes_per_record: u64,
+    /// Learned from finished batches: peak worker memory with no record at all.
+    #[serde(default)]
+    pub baseline_bytes: u64,
+    /// The peaks the two are fitted over: the newest finished batch of each size (at most 8).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_samples: Vec<MemorySample>,
     /// Size of the batches launched now (at most `spec.input.batchSize`).
     #[serde(default)]
     pub batch_size: u64,
+}
+
+/// A finished batch's peak memory, as the guard saw it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemorySample {
+    pub records: u64,
+    pub peak_bytes: u64,
 }
 
 /// One failed attempt.

@@ -14,6 +14,7 @@ mod ranges;
 mod rerun;
 mod retention;
 mod settle;
+mod sizing;
 mod stall;
 
 pub use admission::*;
@@ -27,4 +28,5 @@ pub use ranges::*;
 pub use rerun::*;
 pub use retention::*;
 pub use settle::*;
+pub use sizing::*;
 pub use stall::*;

@@ -7,11 +7,11 @@
 use std::time::Duration;
 
 use super::{
-    Ledger, Observed, ObservedAttempt, Outcome, Ran, RangeSet, RecordRange, Requeued, RunState,
-    SettlePolicy, Settled, clean_up, fresh_batches, outcome_of, rerun_failed, settle,
-    sized_batches, stall,
+    Ledger, MemoryModel, Observed, ObservedAttempt, Outcome, Ran, RangeSet, RecordRange, Requeued,
+    RunState, SettlePolicy, Settled, clean_up, fresh_batches, outcome_of, rerun_failed, settle,
+    sized_batches, sizing, stall,
 };
-use crate::api::{BatchRunSpec, BatchRunStatus, Phase, memory_bytes};
+use crate::api::{BatchRunStatus, MemorySample, Phase, memory_bytes};
 use crate::guard::view::RunMemory;
 use crate::worker::WorkerResult;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -139,14 +139,13 @@ pub fn plan(observed: &Observed) -> Plan {
         };
         if ledger.awaits(&covered, attempt.range, attempt.attempt) {
             if let Outcome::Finished(result) = &outcome {
-                let target = sizing_target(spec);
+                let near = sizing::near_threshold_bytes(spec, limit_bytes);
                 learn_memory(
                     &mut ledger,
                     observed.memory,
                     attempt,
                     result,
-                    limit_bytes,
-                    target,
+                    (limit_bytes, near),
                 );
             }
             let ran = Ran {
@@ -217,7 +216,7 @@ pub fn plan(observed: &Observed) -> Plan {
         if ledger.pending.len() < MAX_PENDING {
             let mut occupied: RangeSet = attempts.iter().map(|a| a.range).collect();
             occupied.union(&ledger.covered());
-            let size = adaptive_batch_size(spec, ledger.guard.bytes_per_record, limit_bytes);
+            let size = sizing::batch_size(spec, learned(&ledger.guard), limit_bytes);
             ledger.guard.batch_size = size;
             let fresh = if size < spec.input.batch_size {
                 sized_batches(universe, size, &occupied, room)
@@ -440,61 +439,46 @@ pub fn plan_invalid(observed: &Observed, message: String) -> Plan {
     }
 }
 
-/// Share of the guard threshold that adaptive batches aim at, leaving room for variance.
-const SIZING_MARGIN: f64 = 0.8;
-
-/// Learns memory per record from a finished batch whose peak the guard saw.
+/// Learns the worker's memory from a finished batch whose peak the guard saw: the sample
+/// joins the recent ones and baseline and per-record cost are fitted again.
 fn learn_memory(
     ledger: &mut Ledger,
     memory: Option<&RunMemory>,
     attempt: &ObservedAttempt,
     result: &WorkerResult,
-    limit_bytes: u64,
-    target: f64,
+    (limit_bytes, near_bytes): (u64, u64),
 ) {
-    let done = result.done(attempt.range).len();
+    let records = result.done(attempt.range).len();
     let Some((peak, pod_limit)) = memory
         .and_then(|m| attempt.pods.iter().find_map(|p| m.pods.get(&p.name)))
         .map(|p| (p.peak_fraction, p.limit_bytes))
     else {
         return;
     };
-    // The fraction is of the pod's own limit, which a mid-run change of the spec leaves as is.
+    // The fraction is of the pod's own limit, which a mid-run change of the spec or a retry
+    // with more memory leaves as is.
     let limit_bytes = if pod_limit > 0 {
         pod_limit
     } else {
         limit_bytes
     };
-    // Only batches that came near the threshold teach anything: memory that does not grow
-    // with the records (a runtime's baseline) must not shrink batches of a cool run.
-    if done == 0 || peak < target {
-        return;
-    }
-    let per_record = (peak * limit_bytes as f64 / done as f64).ceil() as u64;
-    let old = ledger.guard.bytes_per_record;
-    // A moving average: one odd batch does not resize the whole run.
-    ledger.guard.bytes_per_record = if old == 0 {
-        per_record
-    } else {
-        (old * 7 + per_record * 3) / 10
+    let sample = MemorySample {
+        records,
+        peak_bytes: (peak * limit_bytes as f64) as u64,
     };
+    let guard = &mut ledger.guard;
+    sizing::remember(&mut guard.memory_samples, sample);
+    let model = sizing::fit(&guard.memory_samples, near_bytes);
+    guard.baseline_bytes = model.map_or(0, |m| m.baseline_bytes);
+    guard.bytes_per_record = model.map_or(0, |m| m.bytes_per_record);
 }
 
-/// The fraction of the limit adaptive batches aim at.
-fn sizing_target(spec: &BatchRunSpec) -> f64 {
-    f64::from(spec.memory_guard.threshold) / 100.0 * SIZING_MARGIN
-}
-
-/// The batch size whose expected peak stays under the threshold with margin, never above
-/// `spec.input.batchSize`.
-pub fn adaptive_batch_size(spec: &BatchRunSpec, bytes_per_record: u64, limit_bytes: u64) -> u64 {
-    let configured = spec.input.batch_size.max(1);
-    if bytes_per_record == 0 || limit_bytes == 0 {
-        return configured;
-    }
-    let budget =
-        limit_bytes as f64 * f64::from(spec.memory_guard.threshold) / 100.0 * SIZING_MARGIN;
-    ((budget / bytes_per_record as f64).floor() as u64).clamp(1, configured)
+/// The model the status holds, if any.
+fn learned(guard: &crate::api::GuardStatus) -> Option<MemoryModel> {
+    (guard.bytes_per_record > 0).then_some(MemoryModel {
+        baseline_bytes: guard.baseline_bytes,
+        bytes_per_record: guard.bytes_per_record,
+    })
 }
 
 /// `MemoryPressure`: True while a worker is at or above the threshold, Unknown while the guard

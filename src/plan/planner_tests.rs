@@ -551,42 +551,27 @@ fn later_batches_shrink_to_fit_the_memory_learned_from_finished_ones() {
 
 #[test]
 fn memory_is_learned_against_the_limit_the_worker_ran_with() {
-    // The run's limit is 2Gi now; the batch ran under 1Gi and peaked at 90% of that.
+    // The run's limit is 2Gi; the batch ran with more memory, 4Gi, and peaked at 45% of it.
     let mut sim = Sim::new(spec(10_000, 1000, 1));
     sim.reconcile();
     sim.memory = Some(RunMemory {
         pods: [(
             "pod-0-1".to_string(),
             PodMemory {
-                fraction: 0.9,
-                peak_fraction: 0.9,
-                limit: "1Gi".into(),
-                limit_bytes: 1 << 30,
+                fraction: 0.45,
+                peak_fraction: 0.45,
+                limit: "4Gi".into(),
+                limit_bytes: 4 << 30,
             },
         )]
         .into(),
         ..Default::default()
     });
-    let hot = sim.reconcile();
-    let c = hot
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "MemoryPressure")
-        .unwrap()
-        .clone();
-    assert!(
-        c.message.contains("pod-0-1 at 90% of its 1Gi limit"),
-        "{}",
-        c.message
-    );
     sim.succeed(0);
     let status = sim.reconcile().status.unwrap();
     assert_eq!(
         status.guard.bytes_per_record,
-        (0.9 * 1024.0 * 1024.0 * 1024.0 / 1000.0_f64).ceil() as u64
+        (0.45 * 4.0 * 1024.0 * 1024.0 * 1024.0 / 1000.0_f64).ceil() as u64
     );
 }
 
@@ -626,9 +611,16 @@ fn batches_well_below_the_threshold_do_not_shrink_later_ones() {
 #[test]
 fn adaptive_size_never_exceeds_the_configured_batch_size() {
     let spec = spec(100, 10, 1);
-    assert_eq!(adaptive_batch_size(&spec, 1, 1 << 30), 10);
-    assert_eq!(adaptive_batch_size(&spec, 0, 1 << 30), 10);
-    assert_eq!(adaptive_batch_size(&spec, u64::MAX / 2, 1 << 30), 1);
+    let model = |bytes_per_record| {
+        Some(MemoryModel {
+            baseline_bytes: 0,
+            bytes_per_record,
+        })
+    };
+    assert_eq!(sizing::batch_size(&spec, model(1), 1 << 30), 10);
+    assert_eq!(sizing::batch_size(&spec, model(0), 1 << 30), 10);
+    assert_eq!(sizing::batch_size(&spec, None, 1 << 30), 10);
+    assert_eq!(sizing::batch_size(&spec, model(u64::MAX / 2), 1 << 30), 1);
 }
 
 #[test]
@@ -798,4 +790,38 @@ fn an_oom_killed_record_is_launched_again_with_more_memory_from_the_status() {
     assert_eq!(status.aggregate.records, 2);
     assert_eq!(status.guard.oom_kills, 1);
     assert_eq!(status.failures[0].memory_limit.as_deref(), Some("2Gi"));
+}
+#[test]
+fn the_memory_condition_measures_a_pod_against_its_own_limit() {
+    // The run's limit is 2Gi now; the batch ran under 1Gi and peaked at 90% of that.
+    let mut sim = Sim::new(spec(10_000, 1000, 1));
+    sim.reconcile();
+    sim.memory = Some(RunMemory {
+        pods: [(
+            "pod-0-1".to_string(),
+            PodMemory {
+                fraction: 0.9,
+                peak_fraction: 0.9,
+                limit: "1Gi".into(),
+                limit_bytes: 1 << 30,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    });
+    let hot = sim.reconcile();
+    let c = hot
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "MemoryPressure")
+        .unwrap()
+        .clone();
+    assert!(
+        c.message.contains("pod-0-1 at 90% of its 1Gi limit"),
+        "{}",
+        c.message
+    );
 }
