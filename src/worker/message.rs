@@ -49,7 +49,7 @@ pub enum StopReason {
 pub struct MemorySeen {
     /// Usage minus inactive file cache, like the kubelet's working set.
     pub working_set_bytes: u64,
-    /// The smaller of the cgroup's limit and `BATCHGUARD_MEMORY_LIMIT_BYTES`.
+    /// The cgroup's limit (which follows an in-place resize), else `BATCHGUARD_MEMORY_LIMIT_BYTES`.
     pub limit_bytes: u64,
     /// Share of the last poll interval in which all tasks stalled on memory (cgroup v2 PSI).
     #[serde(default, skip_serializing_if = "Option::is_none")]

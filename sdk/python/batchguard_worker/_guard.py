@@ -163,10 +163,11 @@ class MemoryGuard:
         reading = read_cgroup(self.root)
         if reading is None:
             return None
-        limits = [b for b in (reading.limit_bytes, self.limit_bytes) if b]
-        if not limits:
+        # The cgroup's own limit follows an in-place resize; the environment's is the fallback
+        # for a container whose cgroup shows none.
+        limit = reading.limit_bytes or self.limit_bytes
+        if not limit:
             return None
-        limit = min(limits)
         stalled = self._stalled_percent(reading.stall_total_us)
         over = reading.working_set_bytes * 100 >= self.threshold_percent * limit
         pressed = self.pressure_percent is not None and stalled is not None and stalled >= self.pressure_percent

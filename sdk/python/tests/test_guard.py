@@ -121,15 +121,18 @@ def test_the_guard_stops_at_the_threshold_and_not_a_byte_below(tmp_path, version
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_the_limit_is_the_smaller_of_the_cgroup_and_the_environment(tmp_path, version):
+def test_the_cgroups_limit_wins_over_the_environment_so_a_resize_counts(tmp_path, version):
+    # The operator grew the limit in place: the environment still says the old one.
     cgroup = FakeCgroup(tmp_path / "cgroup", version, limit=2 * LIMIT)
     cgroup.set(AT_85)
     guard = MemoryGuard(85, lambda seen: None, limit_bytes=LIMIT, root=str(tmp_path / "cgroup"))
-    assert guard.check().limit_bytes == LIMIT
-    cgroup = FakeCgroup(tmp_path / "other", version, limit=LIMIT)
-    cgroup.set(AT_85)
-    guard = MemoryGuard(85, lambda seen: None, limit_bytes=2 * LIMIT, root=str(tmp_path / "other"))
-    assert guard.check().limit_bytes == LIMIT
+    assert guard.check() is None
+    cgroup.set(2 * AT_85)
+    assert guard.check().limit_bytes == 2 * LIMIT
+    unlimited = FakeCgroup(tmp_path / "other", version, limit=None)
+    unlimited.set(AT_85)
+    guard = MemoryGuard(85, lambda seen: None, limit_bytes=LIMIT, root=str(tmp_path / "other"))
+    assert guard.check().limit_bytes == LIMIT, "without a cgroup limit the environment's counts"
 
 
 def grow(tmp_path, cgroup, batch, per_chunk, chunk_size=10):

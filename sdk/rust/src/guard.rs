@@ -110,7 +110,7 @@ pub fn read_cgroup(root: &Path) -> Option<Reading> {
 pub struct GuardConfig {
     /// Percent of the limit at which the worker stops (the run's threshold).
     pub threshold_percent: f64,
-    /// `BATCHGUARD_MEMORY_LIMIT_BYTES`; the smaller of it and the cgroup's limit counts.
+    /// `BATCHGUARD_MEMORY_LIMIT_BYTES`: the limit when the cgroup shows none.
     pub limit_bytes: Option<u64>,
     pub cgroup_root: PathBuf,
     pub interval: Duration,
@@ -188,10 +188,9 @@ impl Probe {
     pub fn check(&mut self) -> Option<MemorySeen> {
         let reading = read_cgroup(&self.config.cgroup_root)?;
         let stalled = self.stalled_percent(reading.stall_total_us);
-        let limit = match (reading.limit_bytes, self.config.limit_bytes) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b)?,
-        };
+        // The cgroup's own limit follows an in-place resize; the environment's is the fallback
+        // for a container whose cgroup shows none.
+        let limit = reading.limit_bytes.or(self.config.limit_bytes)?;
         let over = reading.working_set_bytes as f64 * 100.0
             >= self.config.threshold_percent * limit as f64;
         let pressed =
@@ -383,13 +382,16 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_limit_is_the_smaller_of_the_cgroup_and_the_environment() {
+    fn the_cgroups_limit_wins_over_the_environment_so_a_resize_counts() {
         for v2 in [false, true] {
-            let cgroup = FakeCgroup::new("min", v2, Some(2 * LIMIT));
+            // The operator grew the limit in place: the environment still says the old one.
+            let cgroup = FakeCgroup::new("grown", v2, Some(2 * LIMIT));
             cgroup.set(AT_85);
+            assert_eq!(probe(&cgroup, Some(LIMIT)).check(), None);
+            cgroup.set(2 * AT_85);
             assert_eq!(
                 probe(&cgroup, Some(LIMIT)).check().unwrap().limit_bytes,
-                LIMIT
+                2 * LIMIT
             );
             let unlimited = FakeCgroup::new("unlimited", v2, None);
             unlimited.set(AT_85);
