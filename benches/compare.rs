@@ -404,6 +404,7 @@ fn planner_status_size(batches: u64, batch_size: u64, parallelism: u32) -> usize
                     deleting: false,
                     exit: None,
                     guard_action: None,
+                    memory_limit: launch.memory_limit,
                     ended: false,
                     waiting: None,
                 }],
