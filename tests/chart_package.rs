@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::*;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/batchguard");
@@ -473,12 +473,29 @@ async fn a_release_of_the_previous_chart_upgrades_its_crds_and_keeps_the_runs() 
     .await;
     assert_eq!(get("queued")["spec"]["queue"], "month-end");
 
-    // The runs made under the old CRD are there, unchanged, and still writable.
+    // The runs made under the old CRD are there, unchanged, and still writable. Fields the
+    // new schema added appear with their defaults (the apiserver defaults on read), and
+    // nothing else changed.
+    let added = [
+        ("/startTimeoutSeconds", json!(120)),
+        ("/memoryGuard/onOOM", json!("Split")),
+    ];
     for old in &before {
         let name = old["metadata"]["name"].as_str().unwrap();
         let now = get(name);
         assert_eq!(now["metadata"]["uid"], old["metadata"]["uid"], "{name}");
-        assert_eq!(now["spec"], old["spec"], "{name}");
+        let mut spec = now["spec"].clone();
+        for (path, default) in &added {
+            assert_eq!(spec.pointer(path), Some(default), "{name}: {path}");
+            let (parent, key) = path.rsplit_once('/').unwrap();
+            let parent = if parent.is_empty() {
+                Some(&mut spec)
+            } else {
+                spec.pointer_mut(parent)
+            };
+            parent.unwrap().as_object_mut().unwrap().remove(key);
+        }
+        assert_eq!(spec, old["spec"], "{name}");
         let (ok, _, err) = kubectl(
             &[
                 "annotate",
