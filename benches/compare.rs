@@ -405,6 +405,7 @@ fn planner_status_size(batches: u64, batch_size: u64, parallelism: u32) -> usize
                     exit: None,
                     guard_action: None,
                     memory_limit: launch.memory_limit,
+                    resizes: 0,
                     ended: false,
                     waiting: None,
                 }],

@@ -172,6 +172,9 @@ pub struct GuardStatus {
     /// Workers the kernel OOM-killed anyway.
     #[serde(default)]
     pub oom_kills: u64,
+    /// Times a worker's memory was grown in place instead of draining it.
+    #[serde(default)]
+    pub resizes: u64,
     /// Highest memory use seen, in percent of the limit.
     #[serde(default)]
     pub peak_percent: u32,

@@ -126,7 +126,7 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
     ];
     // The SDKs' in-process guard acts at the run's threshold; a run that only observes gets none.
     if spec.memory_guard.action != GuardAction::Observe {
-        let threshold = spec.memory_guard.threshold.to_string();
+        let threshold = sdk_threshold(spec).to_string();
         environment.push((env::MEMORY_THRESHOLD_PERCENT, threshold));
     }
     if let Some(items) = &spec.input.items {
@@ -182,6 +182,17 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
         }),
         status: None,
     })
+}
+
+/// The threshold of the SDKs' in-process guard: the run's, or, when the operator may grow a
+/// worker in place (a memory ceiling is set), halfway from it to the limit, so that the
+/// operator's guard gets to resize first and the worker stops itself only if that is too late.
+pub fn sdk_threshold(spec: &crate::api::BatchRunSpec) -> u8 {
+    let threshold = spec.memory_guard.threshold;
+    match spec.resources.memory.max {
+        Some(_) => threshold + (100 - threshold) / 2,
+        None => threshold,
+    }
 }
 
 /// The worker's memory request and limit (quantities) and the limit in bytes: the spec's, or,
@@ -345,6 +356,20 @@ mod tests {
         assert_eq!(
             env_of(&job)["BATCHGUARD_MEMORY_LIMIT_BYTES"],
             (4u64 << 30).to_string()
+        );
+    }
+
+    #[test]
+    fn with_a_ceiling_the_sdk_guard_stops_a_worker_only_after_the_operator_could_grow_it() {
+        let mut run = run(None);
+        assert_eq!(
+            env_of(&build_job(&run, &launch()).unwrap())["BATCHGUARD_MEMORY_THRESHOLD_PERCENT"],
+            "85"
+        );
+        run.spec.resources.memory.max = Some("8Gi".into());
+        assert_eq!(
+            env_of(&build_job(&run, &launch()).unwrap())["BATCHGUARD_MEMORY_THRESHOLD_PERCENT"],
+            "92"
         );
     }
 

@@ -8,7 +8,7 @@ pub mod labels;
 pub mod observe;
 mod queue_status;
 pub mod queue_usage;
-mod queues;
+pub mod queues;
 mod reconcile;
 mod setbacks;
 pub mod worker_pod;
@@ -174,6 +174,7 @@ pub async fn run(
             metrics,
             recorder,
             trigger,
+            controller: context.clone(),
         };
         tokio::spawn(poller.run());
     }

@@ -9,6 +9,7 @@ use kube::ResourceExt;
 use super::labels::{JOB_NAME, RESULT_FINALIZER, RUN_UID, batch_of};
 use super::worker_pod::worker_of;
 use crate::guard::marked_action;
+use crate::guard::resize::resizes_of;
 use crate::plan::{
     JobFinish, JobState, NotStarted, ObservedAttempt, PodState, RecordRange, WorkerExit,
 };
@@ -228,6 +229,7 @@ fn pod_state(pod: &Pod, worker_container: &str) -> PodState {
         exit,
         guard_action: marked_action(pod.annotations()),
         memory_limit: None,
+        resizes: resizes_of(pod.annotations()),
     }
 }
 

@@ -52,12 +52,33 @@ pub fn worker_of(pod: &Pod, job: Option<&Job>) -> Option<WorkerSpec> {
     let template = job
         .and_then(|j| j.spec.as_ref())
         .and_then(|s| s.template.spec.as_ref());
-    let limit = pod
-        .spec
-        .as_ref()
-        .and_then(|spec| memory_limit(spec, &container))
+    // A limit grown in place counts once the kubelet applied it (the pod's status says so);
+    // until then the spec holds what was asked, not what the worker runs under.
+    let limit = applied_limit(pod, &container)
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|spec| memory_limit(spec, &container))
+        })
         .or_else(|| template.and_then(|spec| memory_limit(spec, &container)));
     Some(WorkerSpec { container, limit })
+}
+
+fn applied_limit(pod: &Pod, container: &str) -> Option<(String, u64)> {
+    let quantity = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == container)?
+        .resources
+        .as_ref()?
+        .limits
+        .as_ref()?
+        .get("memory")?;
+    let bytes = memory_bytes(&quantity.0).ok().filter(|b| *b > 0)?;
+    Some((quantity.0.clone(), bytes))
 }
 
 fn worker_name(spec: &PodSpec) -> Option<String> {

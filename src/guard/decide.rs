@@ -38,6 +38,8 @@ pub struct Decision {
     /// The pod already carries the mark and only its delete is left: the delete failed
     /// (throttled, a server error, a webhook's denial) or the operator died in between.
     pub retry: bool,
+    /// Why the worker is stopped rather than grown in place, when it could have been.
+    pub note: Option<String>,
 }
 
 /// New actions: unmarked workers at or above the threshold.
@@ -54,6 +56,7 @@ pub fn decide(guard: &MemoryGuard, workers: &[Worker]) -> Vec<Decision> {
                 percent: (fraction * 100.0).round() as u32,
                 grace_seconds: grace(guard, guard.action),
                 retry: false,
+                note: None,
             })
         })
         .collect()
@@ -74,6 +77,7 @@ pub fn unfinished(guard: &MemoryGuard, workers: &[Worker]) -> Vec<Decision> {
                 percent: mark.percent,
                 grace_seconds: Some(grace_seconds),
                 retry: true,
+                note: None,
             })
         })
         .collect()

@@ -6,6 +6,7 @@ pub mod decide;
 pub mod poller;
 pub mod prometheus;
 pub mod promql;
+pub mod resize;
 pub mod schedule;
 pub mod view;
 

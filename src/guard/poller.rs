@@ -22,11 +22,17 @@ use serde_json::json;
 use super::decide::{Decision, Mark, Worker, decide, unfinished, unseen_reason};
 use super::prometheus::Prometheus;
 use super::promql::{MemoryMetric, WorkerGroup, worker_memory_query};
+use super::resize::{
+    Pressure, RESIZE_AT_ANNOTATION, RESIZE_TO_ANNOTATION, RESIZES_ANNOTATION, Sizes, on_pressure,
+    resizes_of, sizes_of,
+};
 use super::schedule::{MAX_CONCURRENT_POLLS, to_start};
 use super::view::{Blindness, GuardView};
 use super::{ACTION_ANNOTATION, PERCENT_ANNOTATION, marked_action, marked_percent};
-use crate::api::{BatchRun, GuardAction, Phase};
+use crate::api::{BatchRun, GuardAction, Phase, bytes_quantity};
+use crate::controller::Context;
 use crate::controller::labels::{JOB_NAME, RUN_UID};
+use crate::controller::queues::budget_of;
 use crate::controller::worker_pod::{WorkerSpec, worker_of};
 use crate::metrics::Metrics;
 
@@ -47,6 +53,9 @@ pub struct Poller {
     pub recorder: Recorder,
     /// Asks the controller to reconcile a run whose guard view changed.
     pub trigger: UnboundedSender<ObjectRef<BatchRun>>,
+    /// The controller's queues: a resize is charged to the run's BatchQueue in the same turn
+    /// as admissions.
+    pub controller: Arc<Context>,
 }
 
 impl Poller {
@@ -215,10 +224,167 @@ impl Poller {
             })
             .collect();
         let decisions = decide(&run.spec.memory_guard, &workers);
+        let decisions = self.resize_first(run, &namespace, decisions, &live).await;
         self.act_all(run, &namespace, decisions, &live).await;
         if self.view.get(&uid) != before {
             let _ = self.trigger.unbounded_send(ObjectRef::from_obj(run));
         }
+    }
+
+    /// With a memory ceiling, a worker over the threshold is grown in place when it can be;
+    /// the decisions left are the workers to stop (with why they were not grown).
+    async fn resize_first(
+        &self,
+        run: &BatchRun,
+        namespace: &str,
+        decisions: Vec<Decision>,
+        live: &[(Arc<Pod>, WorkerSpec)],
+    ) -> Vec<Decision> {
+        let max = run.spec.resources.memory.max.as_deref();
+        let Some(max) = max.and_then(|m| crate::api::memory_bytes(m).ok()) else {
+            return decisions;
+        };
+        let mut stop = Vec::new();
+        for mut decision in decisions {
+            let found = live.iter().find(|(p, _)| p.name_any() == decision.pod);
+            let Some((pod, worker)) = found.filter(|_| decision.action != GuardAction::Observe)
+            else {
+                stop.push(decision);
+                continue;
+            };
+            let sizes = sizes_of(pod, &worker.container);
+            // A queue's room is read and taken in its admission turn.
+            let entry = run
+                .spec
+                .queue
+                .as_ref()
+                .map(|q| (q, self.controller.queues.entry(namespace, q)));
+            let _turn = match &entry {
+                Some((_, entry)) => Some(entry.turn.lock().await),
+                None => None,
+            };
+            let room = entry
+                .as_ref()
+                .map(|(queue, entry)| self.room(namespace, queue, entry));
+            match on_pressure(&sizes, Some(max), room, jiff::Timestamp::now()) {
+                Pressure::Wait => {}
+                Pressure::Resize { request, limit, .. } => {
+                    let grown = self
+                        .resize(
+                            run,
+                            namespace,
+                            pod,
+                            worker,
+                            &decision,
+                            &sizes,
+                            (request, limit),
+                        )
+                        .await;
+                    if let Err(why) = grown {
+                        decision.note = Some(why);
+                        stop.push(decision);
+                    }
+                }
+                Pressure::Stop { why } => {
+                    decision.note = why;
+                    stop.push(decision);
+                }
+            }
+        }
+        stop
+    }
+
+    /// Bytes the queue has free now (none when it is missing or invalid).
+    fn room(
+        &self,
+        namespace: &str,
+        queue: &str,
+        entry: &crate::controller::queues::QueueEntry,
+    ) -> u64 {
+        let Some(object) = self
+            .controller
+            .queue_store
+            .get(&ObjectRef::new(queue).within(namespace))
+        else {
+            return 0;
+        };
+        let Ok(budget) = budget_of(&object) else {
+            return 0;
+        };
+        let holdings = entry.holdings(namespace, queue, &self.jobs, &self.pods);
+        budget.free_bytes(&holdings)
+    }
+
+    /// Grows the worker in place: marks the pod with what it asks (a crash between the two
+    /// is given up after the resize timeout, then the worker is drained), patches its
+    /// `resize` subresource, announces it, and waits for the cache to show the new size so
+    /// that the queue's next admission counts it.
+    #[allow(clippy::too_many_arguments)]
+    async fn resize(
+        &self,
+        run: &BatchRun,
+        namespace: &str,
+        pod: &Pod,
+        worker: &WorkerSpec,
+        decision: &Decision,
+        sizes: &Sizes,
+        (request, limit): (u64, u64),
+    ) -> Result<(), String> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let name = &decision.pod;
+        let mark = json!({"metadata": {"annotations": {
+            RESIZE_TO_ANNOTATION: limit.to_string(),
+            RESIZE_AT_ANNOTATION: jiff::Timestamp::now().to_string(),
+            RESIZES_ANNOTATION: (resizes_of(pod.annotations()) + 1).to_string(),
+        }}});
+        self.metrics.count_request("patch", "pods");
+        pods.patch(name, &PatchParams::default(), &Patch::Merge(&mark))
+            .await
+            .map_err(|e| format!("could not mark it for a resize: {}", api_message(&e)))?;
+        let resources = json!({"spec": {"containers": [{
+            "name": worker.container,
+            "resources": {
+                "requests": {"memory": bytes_quantity(request)},
+                "limits": {"memory": bytes_quantity(limit)},
+            },
+        }]}});
+        self.metrics.count_request("patch", "pods/resize");
+        pods.patch_subresource(
+            "resize",
+            name,
+            &PatchParams::default(),
+            &Patch::Strategic(&resources),
+        )
+        .await
+        .map_err(|e| format!("the apiserver refused its resize: {}", api_message(&e)))?;
+        let message = format!(
+            "pod {name} at {}% of its {} limit (threshold {}%): memory grown in place to a {} limit ({} request)",
+            decision.percent,
+            bytes_quantity(sizes.limit()),
+            run.spec.memory_guard.threshold,
+            bytes_quantity(limit),
+            bytes_quantity(request),
+        );
+        tracing::info!(run = %run.name_any(), pod = %name, limit, "memory guard resized a worker");
+        self.metrics.count_guard_action("Resized");
+        self.publish(run, EventType::Normal, "Resized", message.clone())
+            .await;
+        if let Some(uid) = run.uid() {
+            self.view
+                .update(&uid, |memory| memory.last_action = Some(message));
+        }
+        let key = ObjectRef::new(name).within(namespace);
+        for _ in 0..50 {
+            let seen = self
+                .pods
+                .get(&key)
+                .map(|p| sizes_of(&p, &worker.container).spec_limit);
+            if seen.is_none_or(|bytes| bytes == limit) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
     async fn act_all(
@@ -267,8 +433,13 @@ impl Poller {
             GuardAction::Observe => ("MemoryPressure", "observing only".to_string()),
         };
         let measured = if decision.retry { "was at" } else { "at" };
+        let not_grown = decision
+            .note
+            .as_ref()
+            .map(|why| format!(" (not grown in place: {why})"))
+            .unwrap_or_default();
         let message = format!(
-            "pod {} {measured} {}% of its {limit} limit (threshold {threshold}%): {doing}",
+            "pod {} {measured} {}% of its {limit} limit (threshold {threshold}%): {doing}{not_grown}",
             decision.pod, decision.percent
         );
         if !decision.retry {

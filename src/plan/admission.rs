@@ -73,6 +73,12 @@ impl Shares {
 }
 
 impl Budget {
+    /// Memory not held by any worker now.
+    pub fn free_bytes(&self, holdings: &[Holding]) -> u64 {
+        let held: u64 = holdings.iter().map(|h| h.bytes).sum();
+        self.memory_bytes.saturating_sub(held)
+    }
+
     /// A worker this large can never be admitted, whatever else runs.
     pub fn never_fits(&self, bytes_each: u64) -> bool {
         bytes_each > self.memory_bytes

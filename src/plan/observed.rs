@@ -56,6 +56,8 @@ pub struct PodState {
     pub ended: bool,
     /// The worker container's memory limit in bytes, as the pod was given it.
     pub memory_limit: Option<u64>,
+    /// Times the guard grew this pod's memory in place.
+    pub resizes: u32,
 }
 
 /// A worker that has not started, and why.

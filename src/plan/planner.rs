@@ -153,6 +153,12 @@ pub fn plan(observed: &Observed) -> Plan {
                 attempt: attempt.attempt,
                 memory_limit: attempt.memory_limit(),
             };
+            // Resizes are counted once, with the attempt's result.
+            ledger.guard.resizes += attempt
+                .pods
+                .iter()
+                .map(|p| u64::from(p.resizes))
+                .sum::<u64>();
             let settled = settle(&mut ledger, ran, outcome.clone(), &policy, now);
             plan.notices.push(Notice::Settled {
                 range: attempt.range,

@@ -185,6 +185,7 @@ fn running(range: RecordRange, attempt: u32) -> ObservedAttempt {
             exit: None,
             guard_action: None,
             memory_limit: None,
+            resizes: 0,
             ended: false,
             waiting: None,
         }],

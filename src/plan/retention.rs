@@ -126,6 +126,7 @@ mod tests {
                 }),
                 guard_action: None,
                 memory_limit: None,
+                resizes: 0,
                 waiting: None,
                 ended: pod_ended,
             }],

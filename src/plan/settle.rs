@@ -489,6 +489,7 @@ mod tests {
                 deleting: false,
                 guard_action: None,
                 memory_limit: None,
+                resizes: 0,
                 ended: false,
                 waiting: None,
                 exit: Some(WorkerExit {

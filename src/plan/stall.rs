@@ -180,6 +180,7 @@ mod tests {
             exit: None,
             guard_action: None,
             memory_limit: None,
+            resizes: 0,
             ended: false,
             waiting: Some(NotStarted {
                 reason: reason.into(),

@@ -42,6 +42,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "patch", "delete"]     # result finalizer; the guard marks and drains
+- apiGroups: [""]
+  resources: ["pods/resize"]
+  verbs: ["patch"]                                # the guard grows a worker's memory in place (spec.resources.memory.max)
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]                      # Events, patched when they repeat
