@@ -1,7 +1,8 @@
 //! Resize before drain on the local cluster's real node: a worker crossing the threshold of a
 //! run with a memory ceiling gets a larger limit in place (the same container keeps running,
 //! its batch completes in one attempt, its BatchQueue holds the new size); when the queue has
-//! no room for the growth the worker is drained instead, and the drain says why.
+//! no room for the growth the worker is drained instead, and so it is when the node has no room
+//! and the kubelet defers the resize; each drain says why.
 //!
 //! The workers' own SDK guard is off here: the test is about the operator's guard.
 //! Needs `tests/cluster/up` run as root (BATCHGUARD_REAL_NODE and the worker image).
@@ -10,9 +11,10 @@ mod support;
 
 use std::time::Duration;
 
+use batchguard::api::memory_bytes;
 use batchguard::api::{BatchQueue, BatchRun, Phase};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use support::*;
@@ -197,6 +199,105 @@ async fn a_worker_whose_queue_has_no_room_to_grow_is_drained_instead() {
         drained.iter().any(|m| m.contains(
             "(not grown in place: its queue has 64Mi free, 32Mi short of growing it to 192Mi)"
         )),
+        "{drained:?}"
+    );
+}
+
+/// Memory the real node's kubelet has not given to any pod's request yet.
+async fn unrequested_bytes(client: &Client, node: &str) -> u64 {
+    let allocatable = Api::<Node>::all(client.clone())
+        .get(node)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.allocatable)
+        .and_then(|a| a.get("memory").map(|q| memory_bytes(&q.0).unwrap()))
+        .unwrap();
+    let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    let requested: u64 = Api::<Pod>::all(client.clone())
+        .list(&on_node)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .flat_map(|p| p.spec.iter().flat_map(|s| s.containers.iter()))
+        .filter_map(|c| {
+            c.resources
+                .as_ref()?
+                .requests
+                .as_ref()?
+                .get("memory")
+                .cloned()
+        })
+        .map(|q| memory_bytes(&q.0).unwrap())
+        .sum();
+    allocatable.saturating_sub(requested)
+}
+
+#[tokio::test]
+async fn a_resize_the_node_has_no_room_for_is_given_up_and_the_worker_drained() {
+    let node = RealNode::from_env();
+    let Setup {
+        client,
+        ns,
+        operator,
+        runs,
+    } = Setup::new("resize-node").await;
+    create_queue(&client, &ns.name, "roomy", "1Gi").await;
+    // A pause pod takes all but 150Mi of the node's memory: the worker's 96Mi fits, the 96Mi
+    // more it would grow by does not, so the kubelet defers the resize.
+    let filler = unrequested_bytes(&client, &node.name).await - 150 * MIB;
+    let pod: Pod = serde_yaml::from_str(&format!(
+        r#"
+metadata: {{name: filler}}
+spec:
+{placement}
+  containers:
+    - name: pause
+      image: {pause}
+      imagePullPolicy: Never
+      resources: {{requests: {{memory: "{filler}"}}, limits: {{memory: "{filler}"}}}}
+"#,
+        placement = node.placement(2),
+        // The local cluster's sandbox image, imported on the real node.
+        pause = "batchguard.local/pause:1",
+    ))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    wait_for("the filler to run", Duration::from_secs(60), || async {
+        let phase = pods.get("filler").await.ok()?.status?.phase?;
+        (phase == "Running").then_some(())
+    })
+    .await;
+
+    runs.create(&PostParams::default(), &run(&node, "deferred", 12, "roomy"))
+        .await
+        .unwrap();
+    let finished = wait_finished(&runs, "deferred", Duration::from_secs(240), &operator).await;
+    let status = finished.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:#?}");
+    assert_eq!(status.aggregate.records, 12);
+    assert_eq!(
+        status.aggregate.sums.get("total"),
+        Some(&sum_of_offsets(12))
+    );
+    assert_eq!(
+        status.guard.resizes, 0,
+        "none was applied: {:?}",
+        status.guard
+    );
+    assert!(status.guard.drains >= 1, "{:?}", status.guard);
+    let drained = event_notes(&client, &ns.name, "Drained").await;
+    assert!(
+        drained
+            .iter()
+            .any(|m| m.contains("(not grown in place: its resize to 192Mi is not applied yet")),
         "{drained:?}"
     );
 }

@@ -9,7 +9,7 @@ use kube::ResourceExt;
 use super::labels::{JOB_NAME, RESULT_FINALIZER, RUN_UID, batch_of};
 use super::worker_pod::worker_of;
 use crate::guard::marked_action;
-use crate::guard::resize::resizes_of;
+use crate::guard::resize::{resizes_of, sizes_of};
 use crate::plan::{
     JobFinish, JobState, NotStarted, ObservedAttempt, PodState, RecordRange, WorkerExit,
 };
@@ -195,6 +195,16 @@ fn waiting(pod: &Pod) -> Option<NotStarted> {
         })
 }
 
+/// Resizes the kubelet applied: the last ask does not count until the pod runs under it.
+fn applied_resizes(pod: &Pod, worker_container: &str) -> u32 {
+    let asked = resizes_of(pod.annotations());
+    let sizes = sizes_of(pod, worker_container);
+    match sizes.asked {
+        Some((limit, _)) if sizes.limit() < limit => asked.saturating_sub(1),
+        _ => asked,
+    }
+}
+
 fn pod_state(pod: &Pod, worker_container: &str) -> PodState {
     let status = pod.status.as_ref();
     let terminated = status
@@ -229,7 +239,7 @@ fn pod_state(pod: &Pod, worker_container: &str) -> PodState {
         exit,
         guard_action: marked_action(pod.annotations()),
         memory_limit: None,
-        resizes: resizes_of(pod.annotations()),
+        resizes: applied_resizes(pod, worker_container),
     }
 }
 

@@ -23,14 +23,15 @@ use super::decide::{Decision, Mark, Worker, decide, unfinished, unseen_reason};
 use super::prometheus::Prometheus;
 use super::promql::{MemoryMetric, WorkerGroup, worker_memory_query};
 use super::resize::{
-    Pressure, RESIZE_AT_ANNOTATION, RESIZE_TO_ANNOTATION, RESIZES_ANNOTATION, Sizes, on_pressure,
-    resizes_of, sizes_of,
+    Pressure, RESIZE_AT_ANNOTATION, RESIZE_TO_ANNOTATION, RESIZES_ANNOTATION, Sizes, Use,
+    on_pressure, resizes_of, sizes_of,
 };
 use super::schedule::{MAX_CONCURRENT_POLLS, to_start};
 use super::view::{Blindness, GuardView};
 use super::{ACTION_ANNOTATION, PERCENT_ANNOTATION, marked_action, marked_percent};
 use crate::api::{BatchRun, GuardAction, Phase, bytes_quantity};
 use crate::controller::Context;
+use crate::controller::job::sdk_threshold;
 use crate::controller::labels::{JOB_NAME, RUN_UID};
 use crate::controller::queues::budget_of;
 use crate::controller::worker_pod::{WorkerSpec, worker_of};
@@ -266,7 +267,11 @@ impl Poller {
             let room = entry
                 .as_ref()
                 .map(|(queue, entry)| self.room(namespace, queue, entry));
-            match on_pressure(&sizes, Some(max), room, jiff::Timestamp::now()) {
+            let usage = Use {
+                fraction: f64::from(decision.percent) / 100.0,
+                last_line: f64::from(sdk_threshold(&run.spec)) / 100.0,
+            };
+            match on_pressure(&sizes, Some(max), room, jiff::Timestamp::now(), usage) {
                 Pressure::Wait => {}
                 Pressure::Resize { request, limit, .. } => {
                     let grown = self

@@ -62,15 +62,43 @@ pub enum Pressure {
     Stop { why: Option<String> },
 }
 
+/// The worker's memory now, against what it may do.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Use {
+    /// Fraction of the limit it runs under.
+    pub fraction: f64,
+    /// Waiting for a resize stops at this fraction: the worker is drained before the kernel
+    /// would kill it (the SDK guard's threshold, halfway from the threshold to the limit).
+    pub last_line: f64,
+}
+
 /// The guard's choice for a worker over the threshold. `room` is what its queue has free
 /// (`None` without a queue).
-pub fn on_pressure(sizes: &Sizes, max: Option<u64>, room: Option<u64>, now: Timestamp) -> Pressure {
+pub fn on_pressure(
+    sizes: &Sizes,
+    max: Option<u64>,
+    room: Option<u64>,
+    now: Timestamp,
+    usage: Use,
+) -> Pressure {
     let Some(max) = max else {
         return Pressure::Stop { why: None };
     };
     if let Some((asked, at)) = sizes.asked
         && sizes.limit() < asked
     {
+        let status = sizes
+            .pending
+            .as_ref()
+            .map(|(reason, message)| format!(" ({reason}: {message})"))
+            .unwrap_or_default();
+        if usage.fraction >= usage.last_line {
+            return stop(format!(
+                "its resize to {} is not applied yet{status} and it is at {}%",
+                bytes_quantity(asked),
+                (usage.fraction * 100.0).round()
+            ));
+        }
         if let Some((reason, message)) = &sizes.pending
             && reason == "Infeasible"
         {
@@ -83,11 +111,6 @@ pub fn on_pressure(sizes: &Sizes, max: Option<u64>, room: Option<u64>, now: Time
         if waited < RESIZE_TIMEOUT {
             return Pressure::Wait;
         }
-        let status = sizes
-            .pending
-            .as_ref()
-            .map(|(reason, message)| format!(" ({reason}: {message})"))
-            .unwrap_or_default();
         return stop(format!(
             "the kubelet did not apply its resize to {} within {}s{status}",
             bytes_quantity(asked),
@@ -183,6 +206,12 @@ mod tests {
 
     const MI: u64 = 1 << 20;
 
+    /// Over the threshold, short of the last line.
+    const HOT: Use = Use {
+        fraction: 0.87,
+        last_line: 0.92,
+    };
+
     fn now() -> Timestamp {
         Timestamp::from_second(1_800_000_000).unwrap()
     }
@@ -198,7 +227,7 @@ mod tests {
 
     #[test]
     fn a_worker_grows_to_twice_its_limit_with_the_request_in_proportion() {
-        let pressure = on_pressure(&sizes(96 * MI), Some(256 * MI), None, now());
+        let pressure = on_pressure(&sizes(96 * MI), Some(256 * MI), None, now(), HOT);
         assert_eq!(
             pressure,
             Pressure::Resize {
@@ -207,25 +236,25 @@ mod tests {
                 extra: 96 * MI
             }
         );
-        let capped = on_pressure(&sizes(192 * MI), Some(256 * MI), None, now());
+        let capped = on_pressure(&sizes(192 * MI), Some(256 * MI), None, now(), HOT);
         assert!(matches!(capped, Pressure::Resize { limit, .. } if limit == 256 * MI));
     }
 
     #[test]
     fn without_a_ceiling_or_at_it_the_worker_is_stopped() {
         assert_eq!(
-            on_pressure(&sizes(96 * MI), None, None, now()),
+            on_pressure(&sizes(96 * MI), None, None, now(), HOT),
             Pressure::Stop { why: None }
         );
         assert_eq!(
-            on_pressure(&sizes(256 * MI), Some(256 * MI), None, now()),
+            on_pressure(&sizes(256 * MI), Some(256 * MI), None, now(), HOT),
             Pressure::Stop { why: None }
         );
     }
 
     #[test]
     fn a_queue_without_room_for_the_growth_stops_the_worker_and_says_so() {
-        let pressure = on_pressure(&sizes(96 * MI), Some(256 * MI), Some(64 * MI), now());
+        let pressure = on_pressure(&sizes(96 * MI), Some(256 * MI), Some(64 * MI), now(), HOT);
         let Pressure::Stop { why: Some(why) } = pressure else {
             panic!("{pressure:?}")
         };
@@ -233,7 +262,7 @@ mod tests {
             why,
             "its queue has 64Mi free, 32Mi short of growing it to 192Mi"
         );
-        let fits = on_pressure(&sizes(96 * MI), Some(256 * MI), Some(96 * MI), now());
+        let fits = on_pressure(&sizes(96 * MI), Some(256 * MI), Some(96 * MI), now(), HOT);
         assert!(matches!(fits, Pressure::Resize { .. }), "{fits:?}");
     }
 
@@ -249,10 +278,29 @@ mod tests {
             ..asked
         };
         assert_eq!(
-            on_pressure(&asked, Some(256 * MI), None, now() + Duration::from_secs(5)),
+            on_pressure(
+                &asked,
+                Some(256 * MI),
+                None,
+                now() + Duration::from_secs(5),
+                HOT
+            ),
             Pressure::Wait
         );
-        let late = on_pressure(&asked, Some(256 * MI), None, now() + RESIZE_TIMEOUT);
+        let deferred = Sizes {
+            pending: Some(("Deferred".into(), "Node didn't have enough resource".into())),
+            ..asked.clone()
+        };
+        let near_the_limit = Use {
+            fraction: 0.93,
+            ..HOT
+        };
+        let stop = on_pressure(&deferred, Some(256 * MI), None, now(), near_the_limit);
+        assert!(
+            matches!(&stop, Pressure::Stop { why: Some(why) } if why == "its resize to 192Mi is not applied yet (Deferred: Node didn't have enough resource) and it is at 93%"),
+            "{stop:?}"
+        );
+        let late = on_pressure(&asked, Some(256 * MI), None, now() + RESIZE_TIMEOUT, HOT);
         assert!(
             matches!(&late, Pressure::Stop { why: Some(why) } if why.contains("did not apply its resize to 192Mi")),
             "{late:?}"
@@ -264,7 +312,7 @@ mod tests {
             )),
             ..asked.clone()
         };
-        let stop = on_pressure(&infeasible, Some(256 * MI), None, now());
+        let stop = on_pressure(&infeasible, Some(256 * MI), None, now(), HOT);
         assert!(
             matches!(&stop, Pressure::Stop { why: Some(why) } if why.contains("cannot grow it to 192Mi: Node didn't")),
             "{stop:?}"
@@ -277,7 +325,7 @@ mod tests {
             asked: Some((192 * MI, now())),
             ..sizes(192 * MI)
         };
-        let pressure = on_pressure(&applied, Some(512 * MI), None, now());
+        let pressure = on_pressure(&applied, Some(512 * MI), None, now(), HOT);
         assert!(matches!(pressure, Pressure::Resize { limit, .. } if limit == 384 * MI));
     }
 
