@@ -720,11 +720,16 @@ async fn a_pod_marked_before_the_operator_died_is_deleted_after_its_restart() {
         },
     )
     .await;
-    let drained = event_notes(&client, &ns.name, "Drained").await;
-    assert!(
-        drained.iter().any(|n| n.contains("was at 91%")),
-        "{drained:?}"
-    );
+    // The Event follows the delete that went through; the test may see the delete first.
+    wait_for(
+        "the drain of the marked pod to be announced",
+        Duration::from_secs(10),
+        || async {
+            let drained = event_notes(&client, &ns.name, "Drained").await;
+            drained.iter().any(|n| n.contains("was at 91%")).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
