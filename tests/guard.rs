@@ -726,7 +726,10 @@ async fn a_pod_marked_before_the_operator_died_is_deleted_after_its_restart() {
         Duration::from_secs(10),
         || async {
             let drained = event_notes(&client, &ns.name, "Drained").await;
-            drained.iter().any(|n| n.contains("was at 91%")).then_some(())
+            drained
+                .iter()
+                .any(|n| n.contains("was at 91%"))
+                .then_some(())
         },
     )
     .await;

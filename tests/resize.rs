@@ -162,6 +162,7 @@ async fn a_worker_over_the_threshold_grows_in_place_and_completes_in_one_attempt
         "the kubelet applied the new limit: {worker:?}"
     );
     let resized = event_notes(&client, &ns.name, "Resized").await;
+    println!("Resized: {resized:?}\nguard: {:?}", status.guard);
     assert!(
         resized
             .iter()
@@ -195,6 +196,7 @@ async fn a_worker_whose_queue_has_no_room_to_grow_is_drained_instead() {
     assert_eq!(status.guard.resizes, 0, "{:?}", status.guard);
     assert!(status.guard.drains >= 1, "{:?}", status.guard);
     let drained = event_notes(&client, &ns.name, "Drained").await;
+    println!("Drained: {drained:?}\nguard: {:?}", status.guard);
     assert!(
         drained.iter().any(|m| m.contains(
             "(not grown in place: its queue has 64Mi free, 32Mi short of growing it to 192Mi)"
@@ -294,6 +296,7 @@ spec:
     );
     assert!(status.guard.drains >= 1, "{:?}", status.guard);
     let drained = event_notes(&client, &ns.name, "Drained").await;
+    println!("Drained: {drained:?}\nguard: {:?}", status.guard);
     assert!(
         drained
             .iter()
