@@ -206,6 +206,9 @@ impl Poller {
                 let seen = memory.pods.entry(pod.clone()).or_default();
                 seen.fraction = *fraction;
                 seen.peak_fraction = seen.peak_fraction.max(*fraction);
+                if let Some((_, limit)) = limit_of(pod) {
+                    seen.peak_bytes = seen.peak_bytes.max((fraction * limit as f64) as u64);
+                }
                 if let Some((text, bytes)) = limit_of(pod) {
                     (seen.limit, seen.limit_bytes) = (text, bytes);
                 }

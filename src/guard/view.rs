@@ -14,6 +14,9 @@ pub struct PodMemory {
     pub fraction: f64,
     /// Highest fraction of the limit seen.
     pub peak_fraction: f64,
+    /// Highest working set seen, in bytes (0: unknown): a limit grown in place changes what
+    /// a fraction means, bytes stay comparable.
+    pub peak_bytes: u64,
     /// The pod's own memory limit, as written on it (`128Mi`) and in bytes (0: unknown); the
     /// run's spec may say otherwise since the pod started.
     pub limit: String,

@@ -455,22 +455,25 @@ fn learn_memory(
     (limit_bytes, near_bytes): (u64, u64),
 ) {
     let records = result.done(attempt.range).len();
-    let Some((peak, pod_limit)) = memory
-        .and_then(|m| attempt.pods.iter().find_map(|p| m.pods.get(&p.name)))
-        .map(|p| (p.peak_fraction, p.limit_bytes))
+    let Some(seen) = memory.and_then(|m| attempt.pods.iter().find_map(|p| m.pods.get(&p.name)))
     else {
         return;
     };
-    // The fraction is of the pod's own limit, which a mid-run change of the spec or a retry
-    // with more memory leaves as is.
-    let limit_bytes = if pod_limit > 0 {
-        pod_limit
+    // Bytes where the guard kept them (a limit grown in place changes what a fraction
+    // means); else the fraction of the pod's own limit, which a mid-run change of the spec
+    // leaves as is.
+    let limit_bytes = if seen.limit_bytes > 0 {
+        seen.limit_bytes
     } else {
         limit_bytes
     };
+    let peak_bytes = match seen.peak_bytes {
+        0 => (seen.peak_fraction * limit_bytes as f64) as u64,
+        bytes => bytes,
+    };
     let sample = MemorySample {
         records,
-        peak_bytes: (peak * limit_bytes as f64) as u64,
+        peak_bytes,
     };
     let guard = &mut ledger.guard;
     sizing::remember(&mut guard.memory_samples, sample);

@@ -563,6 +563,7 @@ fn memory_is_learned_against_the_limit_the_worker_ran_with() {
                 peak_fraction: 0.45,
                 limit: "4Gi".into(),
                 limit_bytes: 4 << 30,
+                peak_bytes: 0,
             },
         )]
         .into(),
@@ -805,6 +806,7 @@ fn the_memory_condition_measures_a_pod_against_its_own_limit() {
                 peak_fraction: 0.9,
                 limit: "1Gi".into(),
                 limit_bytes: 1 << 30,
+                peak_bytes: 0,
             },
         )]
         .into(),
@@ -824,5 +826,35 @@ fn the_memory_condition_measures_a_pod_against_its_own_limit() {
         c.message.contains("pod-0-1 at 90% of its 1Gi limit"),
         "{}",
         c.message
+    );
+}
+
+#[test]
+fn a_worker_grown_in_place_is_learned_from_its_peak_in_bytes() {
+    // It peaked at 90% of 2Gi, then was grown to 4Gi: the peak fraction is of the old limit.
+    let mut sim = Sim::new(spec(10_000, 1000, 1));
+    sim.reconcile();
+    sim.memory = Some(RunMemory {
+        pods: [(
+            "pod-0-1".to_string(),
+            PodMemory {
+                fraction: 0.45,
+                peak_fraction: 0.9,
+                limit: "4Gi".into(),
+                limit_bytes: 4 << 30,
+                peak_bytes: (0.9 * (2u64 << 30) as f64) as u64,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    });
+    sim.succeed(0);
+    let status = sim.reconcile().status.unwrap();
+    assert_eq!(
+        status.guard.memory_samples,
+        vec![crate::api::MemorySample {
+            records: 1000,
+            peak_bytes: (0.9 * (2u64 << 30) as f64) as u64,
+        }]
     );
 }
