@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use batchguard::api::{BatchRun, Phase};
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use support::*;
 
 fn sim_run_400(name: &str, annotations: &str, extra: &str) -> BatchRun {
@@ -170,25 +170,47 @@ async fn a_failed_run_exits_1_shows_its_failures_and_retries_to_success() {
         "{logs}"
     );
 
+    // Suspended while the retry is asked and the watch starts, so that the watch sees the
+    // run in progress rather than already done.
+    let suspend = |on: bool| {
+        let patch = serde_json::json!({"spec": {"suspend": on}});
+        let runs = setup.runs.clone();
+        async move {
+            runs.patch("ledger", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        }
+    };
+    suspend(true).await;
     let (code, said, stderr) = text(&plugin(&ns, &["retry", "ledger", "--failed"]));
     assert_eq!(code, 0, "{stderr}");
     assert!(
         said.contains("Retry requested for records 200-399"),
         "{said}"
     );
+    wait_for(
+        "the retry to be taken up",
+        Duration::from_secs(30),
+        || async {
+            let phase = setup.runs.get("ledger").await.ok()?.status?.phase?;
+            (phase == Phase::Suspended).then_some(())
+        },
+    )
+    .await;
     // This time on a terminal (util-linux `script` gives it one): the progress bar.
     let command = format!(
         "{} -n {ns} watch ledger",
         env!("CARGO_BIN_EXE_kubectl-batchguard")
     );
-    let on_terminal = tokio::task::spawn_blocking(move || {
+    let watching = tokio::task::spawn_blocking(move || {
         Command::new("script")
             .args(["-qec", &command, "/dev/null"])
             .output()
             .expect("script runs")
-    })
-    .await
-    .unwrap();
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    suspend(false).await;
+    let on_terminal = watching.await.unwrap();
     let (code, stdout, _) = text(&on_terminal);
     assert_eq!(code, 0, "the retried run succeeds: {stdout}");
     assert!(
