@@ -1011,21 +1011,28 @@ async fn a_helm_upgrade_rolls_elected_replicas_with_one_leader_at_a_time() {
         "the rollout did not complete: {out}{err}\n{}",
         describe()
     );
-    // Past the rollout, until a leader of the new pods reconciles.
-    let leader = wait_for(
-        "one of the new pods to lead",
-        Duration::from_secs(60),
-        || async {
-            let pods = leading_pods(&system.name, release);
-            let leaders: Vec<&String> = pods
-                .iter()
-                .filter(|(_, l)| *l == Some(true))
-                .map(|(p, _)| p)
-                .collect();
-            (pods.len() == 2 && leaders.len() == 1).then(|| leaders[0].clone())
-        },
-    )
-    .await;
+    // Past the rollout, until a leader of the new pods reconciles: at most a lease time or two
+    // after the old leader stopped (a standby looks again when the lease it saw would expire).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let leader = loop {
+        let pods = leading_pods(&system.name, release);
+        let leaders: Vec<&String> = pods
+            .iter()
+            .filter(|(_, l)| *l == Some(true))
+            .map(|(p, _)| p)
+            .collect();
+        if pods.len() == 2 && leaders.len() == 1 {
+            break leaders[0].clone();
+        }
+        if std::time::Instant::now() > deadline {
+            let (_, lease, _) = kubectl(&["get", "leases", "-n", &system.name, "-o", "yaml"], None);
+            panic!(
+                "no single leader among the new pods after 120 s: {pods:?}\n{lease}\n{}",
+                describe()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let samples = sampler.join().unwrap();
 
