@@ -42,6 +42,12 @@ pub fn memory_bytes(quantity: &str) -> Result<u64, BadQuantity> {
     Ok(bytes as u64)
 }
 
+/// A request scaled with its limit from `from` to `to` bytes, never above the new limit: a
+/// worker's memory grows (in place or for a retry) with request and limit in proportion.
+pub fn in_proportion(request: u64, from: u64, to: u64) -> u64 {
+    (u128::from(request) * u128::from(to) / u128::from(from.max(1))).min(u128::from(to)) as u64
+}
+
 /// Bytes as the largest binary quantity that states them exactly (`1536Mi`, `2Gi`, `100`).
 pub fn bytes_quantity(bytes: u64) -> String {
     ["Ei", "Pi", "Ti", "Gi", "Mi", "Ki"]

@@ -16,7 +16,7 @@ use kube::{Resource, ResourceExt};
 use super::labels::{
     KUEUE_QUEUE, QUEUE, RESULT_FINALIZER, WORKER_CONTAINER, batch_labels, job_name,
 };
-use crate::api::{BatchRun, GuardAction, bytes_quantity, memory_bytes};
+use crate::api::{BatchRun, GuardAction, bytes_quantity, in_proportion, memory_bytes};
 use crate::plan::Launch;
 use crate::worker::env;
 
@@ -204,8 +204,7 @@ fn worker_memory(run: &BatchRun, grown: Option<u64>) -> Result<(String, String, 
         return Ok((memory.request.clone(), memory.limit.clone(), limit_bytes));
     };
     let request_bytes = memory_bytes(&memory.request).unwrap_or(limit_bytes);
-    let scaled = (u128::from(request_bytes) * u128::from(grown) / u128::from(limit_bytes.max(1)))
-        .min(u128::from(grown)) as u64;
+    let scaled = in_proportion(request_bytes, limit_bytes, grown);
     Ok((bytes_quantity(scaled), bytes_quantity(grown), grown))
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::api::{bytes_quantity, memory_bytes};
+use crate::api::{bytes_quantity, in_proportion, memory_bytes};
 
 /// Pod annotation: the memory limit (bytes) the guard last asked the kubelet for.
 pub const RESIZE_TO_ANNOTATION: &str = "batchguard.dev/resize-to";
@@ -122,8 +122,7 @@ pub fn on_pressure(
         return Pressure::Stop { why: None };
     }
     let limit = current.saturating_mul(RESIZE_FACTOR).min(max);
-    let request = (u128::from(sizes.spec_request) * u128::from(limit) / u128::from(current.max(1)))
-        .min(u128::from(limit)) as u64;
+    let request = in_proportion(sizes.spec_request, current, limit);
     let extra = limit.saturating_sub(sizes.spec_limit);
     if let Some(room) = room
         && extra > room
