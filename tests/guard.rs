@@ -34,15 +34,6 @@ fn guarded(name: &str, end: u64, batch_size: u64, annotations: &str, guard: &str
     )
 }
 
-async fn event_notes(client: &kube::Client, namespace: &str, reason: &str) -> Vec<String> {
-    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
-    let list = events.list(&ListParams::default()).await.unwrap();
-    list.iter()
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .filter_map(|e| e.message.clone())
-        .collect()
-}
-
 /// How many times an Event with this reason happened (repeats are counted in a series).
 async fn event_count(client: &kube::Client, namespace: &str, reason: &str) -> i32 {
     let events: Api<Event> = Api::namespaced(client.clone(), namespace);

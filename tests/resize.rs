@@ -14,7 +14,7 @@ use std::time::Duration;
 use batchguard::api::memory_bytes;
 use batchguard::api::{BatchQueue, BatchRun, Phase};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use support::*;
@@ -80,15 +80,6 @@ async fn create_queue(client: &Client, namespace: &str, name: &str, memory: &str
         .create(&PostParams::default(), &queue)
         .await
         .unwrap();
-}
-
-async fn event_notes(client: &Client, namespace: &str, reason: &str) -> Vec<String> {
-    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
-    let list = events.list(&ListParams::default()).await.unwrap();
-    list.iter()
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .filter_map(|e| e.message.clone())
-        .collect()
 }
 
 #[tokio::test]

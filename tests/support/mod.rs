@@ -501,3 +501,16 @@ pub async fn wait_namespace_gone(client: &Client, name: &str, timeout: Duration)
         }
     }
 }
+
+/// The notes of the namespace's Events with this reason.
+pub async fn event_notes(client: &Client, namespace: &str, reason: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), namespace);
+    let list = events
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap();
+    list.iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter_map(|e| e.message.clone())
+        .collect()
+}
