@@ -16,9 +16,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use batchguard::api::{BatchRun, BatchRunSpec, BatchRunStatus, Phase};
+use batchguard::api::{BatchRun, BatchRunSpec, BatchRunStatus, Phase, RecordRange};
 use batchguard::plan::{
-    JobFinish, JobState, Observed, ObservedAttempt, PodState, RecordRange, WorkerExit, plan,
+    JobFinish, JobState, Observed, ObservedAttempt, PodState, WorkerExit, plan,
 };
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;

@@ -53,7 +53,7 @@ fn python_worker_output_is_read_by_the_operator() {
     assert!(worker.wait().unwrap().success());
     let message = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_file(&log);
-    let range = batchguard::plan::RecordRange::new(5000, 10000);
+    let range = batchguard::api::RecordRange::new(5000, 10000);
     let result = batchguard::worker::WorkerResult::parse(&message, range)
         .expect("a result the operator accepts");
     let resume = result.resume_from.expect("a checkpoint after SIGTERM");

@@ -2,12 +2,14 @@
 
 mod quantity;
 mod queue;
+mod ranges;
 mod schema;
 mod spec;
 mod status;
 
 pub use quantity::*;
 pub use queue::*;
+pub use ranges::*;
 pub use spec::*;
 pub use status::*;
 

@@ -71,7 +71,7 @@ pub fn progress(run: &BatchRun) -> (u64, u64) {
     run.status
         .as_ref()
         .and_then(|s| s.progress_counts())
-        .unwrap_or_else(|| (0, crate::plan::universe(&run.spec).len()))
+        .unwrap_or_else(|| (0, crate::api::universe(&run.spec).len()))
 }
 
 /// `Heading:` and one indented line per failed attempt; nothing when there is none.

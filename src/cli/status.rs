@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use super::client::{CliError, Target, api_error};
 use super::format::{age, failures, phase, progress, table};
 use crate::api::BatchRun;
-use crate::plan::RecordRange;
+use crate::api::RecordRange;
 
 pub async fn run(target: &Target, name: Option<&str>) -> Result<ExitCode, CliError> {
     let now = jiff::Timestamp::now();

@@ -127,7 +127,7 @@ pub fn event_for(notice: &Notice) -> Option<Event> {
     }
 }
 
-fn joined(pieces: &[crate::plan::RecordRange]) -> String {
+fn joined(pieces: &[crate::api::RecordRange]) -> String {
     let pieces: Vec<String> = pieces.iter().map(|p| p.to_string()).collect();
     pieces.join(" and ")
 }

@@ -55,7 +55,7 @@ pub fn check_items_fit(items: &[String], batch_size: u64) -> Result<(), JobError
         }
         let total = bytes + 2 + window.saturating_sub(1);
         if total > MAX_ITEMS_ENV_BYTES {
-            let range = crate::plan::RecordRange::new(start as u64, (start + window) as u64);
+            let range = crate::api::RecordRange::new(start as u64, (start + window) as u64);
             return Err(JobError::ItemsTooLarge(range.to_string(), total));
         }
     }
@@ -247,8 +247,9 @@ fn restrict(container: &mut Container) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{BatchRunSpec, InputSpec, MemoryResources, RecordRangeSpec, WorkerResources};
-    use crate::plan::RecordRange;
+    use crate::api::{
+        BatchRunSpec, InputSpec, MemoryResources, RecordRange, RecordRangeSpec, WorkerResources,
+    };
     use k8s_openapi::api::core::v1::PodTemplateSpec;
 
     fn run(items: Option<Vec<String>>) -> BatchRun {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::plan::RecordRange;
+use crate::api::RecordRange;
 
 pub const RUN: &str = "batchguard.dev/run";
 pub const RUN_UID: &str = "batchguard.dev/run-uid";

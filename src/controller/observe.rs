@@ -8,11 +8,10 @@ use kube::ResourceExt;
 
 use super::labels::{JOB_NAME, RESULT_FINALIZER, RUN_UID, batch_of};
 use super::worker_pod::worker_of;
+use crate::api::RecordRange;
 use crate::guard::marked_action;
 use crate::guard::resize::{resizes_of, sizes_of};
-use crate::plan::{
-    JobFinish, JobState, NotStarted, ObservedAttempt, PodState, RecordRange, WorkerExit,
-};
+use crate::plan::{JobFinish, JobState, NotStarted, ObservedAttempt, PodState, WorkerExit};
 
 /// What of the cluster belongs to one run, by ownership rather than labels alone: labels can
 /// be copied onto any object, owner references to the run's Jobs only by the Job controller.

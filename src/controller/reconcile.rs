@@ -19,10 +19,10 @@ use super::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER, RETRY_FAILED, RUN_UID};
 use super::queue_usage::job_memory_bytes;
 use super::queues::{QueueEntry, budget_of, created, members};
 use super::{Context, Error, observe};
-use crate::api::BatchRun;
+use crate::api::{BatchRun, universe};
 use crate::plan::{
     Demand, Launch, Observed, ObservedAttempt, Plan, Seat, fresh_batches, plan, plan_invalid,
-    seat_of, share, universe,
+    seat_of, share,
 };
 
 pub async fn reconcile(run: Arc<BatchRun>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -3,7 +3,7 @@
 //! names the same Job) instead of an overlapping one. Smaller, adaptive batches are cut from
 //! the start of each gap; the planner remembers those cuts in the status.
 
-use super::{RangeSet, RecordRange};
+use crate::api::{RangeSet, RecordRange};
 
 /// The next `limit` fresh batches: grid cells not touched by anything in `occupied`.
 pub fn fresh_batches(

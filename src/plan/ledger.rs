@@ -4,11 +4,11 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::{ParseRangeSetError, RangeSet, RecordRange};
 use crate::api::{
     Aggregate, BatchRunStatus, FailureRecord, GuardStatus, MAX_FAILURES_SHOWN, MAX_OUTPUTS_SHOWN,
     MAX_SUM_KEYS, PendingBatch, bytes_quantity, memory_bytes,
 };
+use crate::api::{ParseRangeSetError, RangeSet, RecordRange};
 use crate::worker::WorkerResult;
 
 /// A range queued again, with the attempt it runs as next.

@@ -10,7 +10,6 @@ mod observed;
 mod planner;
 #[cfg(test)]
 mod planner_tests;
-mod ranges;
 mod rerun;
 mod retention;
 mod settle;
@@ -24,7 +23,6 @@ pub use cutting::*;
 pub use ledger::*;
 pub use observed::*;
 pub use planner::*;
-pub use ranges::*;
 pub use rerun::*;
 pub use retention::*;
 pub use settle::*;

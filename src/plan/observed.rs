@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 
-use super::RecordRange;
+use crate::api::RecordRange;
 use crate::api::{BatchRunSpec, GuardAction};
 use crate::guard::view::RunMemory;
 

@@ -7,11 +7,13 @@
 use std::time::Duration;
 
 use super::{
-    Ledger, MemoryModel, Observed, ObservedAttempt, Outcome, Ran, RangeSet, RecordRange, Requeued,
-    RunState, SettlePolicy, Settled, clean_up, fresh_batches, outcome_of, rerun_failed, settle,
-    sized_batches, sizing, stall,
+    Ledger, MemoryModel, Observed, ObservedAttempt, Outcome, Ran, Requeued, RunState, SettlePolicy,
+    Settled, clean_up, fresh_batches, outcome_of, rerun_failed, settle, sized_batches, sizing,
+    stall,
 };
-use crate::api::{BatchRunStatus, MemorySample, Phase, memory_bytes};
+use crate::api::{
+    BatchRunStatus, MemorySample, Phase, RangeSet, RecordRange, memory_bytes, universe,
+};
 use crate::guard::view::RunMemory;
 use crate::worker::WorkerResult;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -67,15 +69,6 @@ pub struct Plan {
     pub notices: Vec<Notice>,
     /// Look again after this long even if nothing changes (backoff, retention).
     pub requeue_after: Option<Duration>,
-}
-
-/// The records of a run: `[start, end)` in range mode, item indexes in items mode.
-pub fn universe(spec: &crate::api::BatchRunSpec) -> RecordRange {
-    match (&spec.input.range, &spec.input.items) {
-        (Some(r), _) => RecordRange::new(r.start.max(0) as u64, r.end.max(r.start).max(0) as u64),
-        (None, Some(items)) => RecordRange::new(0, items.len() as u64),
-        (None, None) => RecordRange::new(0, 0),
-    }
 }
 
 pub fn plan(observed: &Observed) -> Plan {

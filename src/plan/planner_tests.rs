@@ -10,7 +10,7 @@ use super::*;
 use crate::guard::view::{PodMemory, RunMemory};
 
 use crate::api::{
-    BatchRunSpec, BatchRunStatus, InputSpec, MemoryResources, Phase, RecordRangeSpec,
+    BatchRunSpec, BatchRunStatus, InputSpec, MemoryResources, Phase, RecordRange, RecordRangeSpec,
     WorkerResources,
 };
 

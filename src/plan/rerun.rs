@@ -1,7 +1,8 @@
 //! A user's retry of the failed ranges (the `batchguard.dev/retry-failed` annotation): they go
 //! back to the queue as fresh attempts, once per distinct annotation value (pure).
 
-use super::{Ledger, ObservedAttempt, RangeSet, RecordRange, Requeued};
+use super::{Ledger, ObservedAttempt, Requeued};
+use crate::api::{RangeSet, RecordRange};
 
 /// Queues every failed range again, cut into batches of `batch_size`, and forgets that they
 /// failed (their failure records stay, as history). Returns how many batches were queued.

@@ -97,7 +97,8 @@ pub fn clean_up(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{JobState, PodState, RecordRange, WorkerExit};
+    use crate::api::RecordRange;
+    use crate::plan::{JobState, PodState, WorkerExit};
 
     fn t(seconds: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + seconds).unwrap()

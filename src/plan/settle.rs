@@ -3,7 +3,8 @@
 
 use jiff::Timestamp;
 
-use super::{Ledger, ObservedAttempt, RecordRange, Requeued, retry_delay};
+use super::{Ledger, ObservedAttempt, Requeued, retry_delay};
+use crate::api::RecordRange;
 use crate::api::{FailureRecord, GuardAction, OnOom, OnPressure, RetryPolicy, bytes_quantity};
 use crate::worker::{BadOutput, MemorySeen, WorkerResult};
 

@@ -114,8 +114,9 @@ pub fn stall(observed: &Observed) -> (Option<Stall>, Option<Duration>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::RecordRange;
     use crate::api::{BatchRunSpec, BatchRunStatus};
-    use crate::plan::{JobState, NotStarted, ObservedAttempt, PodState, RecordRange, Refusal};
+    use crate::plan::{JobState, NotStarted, ObservedAttempt, PodState, Refusal};
 
     fn spec() -> BatchRunSpec {
         serde_json::from_value(serde_json::json!({

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::RecordRange;
+use crate::api::RecordRange;
 
 /// Largest termination message Kubernetes keeps (the kubelet truncates longer ones).
 pub const MAX_MESSAGE_BYTES: usize = 4096;

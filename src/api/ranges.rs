@@ -178,6 +178,15 @@ impl FromIterator<RecordRange> for RangeSet {
     }
 }
 
+/// The records of a run: `[start, end)` in range mode, item indexes in items mode.
+pub fn universe(spec: &super::BatchRunSpec) -> RecordRange {
+    match (&spec.input.range, &spec.input.items) {
+        (Some(r), _) => RecordRange::new(r.start.max(0) as u64, r.end.max(r.start).max(0) as u64),
+        (None, Some(items)) => RecordRange::new(0, items.len() as u64),
+        (None, None) => RecordRange::new(0, 0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
