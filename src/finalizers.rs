@@ -17,7 +17,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use crate::api::BatchRun;
-use crate::controller::labels::{
+use crate::api::labels::{
     CLEANUP_FINALIZER, RESULT_FINALIZER, finalizer_removal, managed_selector,
 };
 

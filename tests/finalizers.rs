@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use batchguard::api::BatchRun;
-use batchguard::controller::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER, RUN};
+use batchguard::api::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER, RUN};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};

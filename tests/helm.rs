@@ -1092,7 +1092,7 @@ async fn a_helm_upgrade_rolls_elected_replicas_with_one_leader_at_a_time() {
 
 #[tokio::test]
 async fn helm_uninstall_releases_the_finalizers_so_the_namespace_goes() {
-    use batchguard::controller::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER};
+    use batchguard::api::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER};
     use k8s_openapi::api::core::v1::{Namespace, Pod};
     use kube::ResourceExt;
     use kube::api::{DeleteParams, ListParams};

@@ -1,11 +1,13 @@
 //! The BatchRun and BatchQueue API (`batchguard.dev/v1alpha1`): spec, status and the CRD schema. No I/O here.
 
+pub mod labels;
 mod quantity;
 mod queue;
 mod ranges;
 mod schema;
 mod spec;
 mod status;
+pub mod worker_pod;
 
 pub use quantity::*;
 pub use queue::*;

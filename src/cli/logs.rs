@@ -8,8 +8,8 @@ use kube::ResourceExt;
 use kube::api::{ListParams, LogParams};
 
 use super::client::{CliError, Target, api_error};
-use crate::controller::job::worker_container;
-use crate::controller::labels::{ATTEMPT, RANGE_END, RANGE_START, RUN_UID};
+use crate::api::labels::{ATTEMPT, RANGE_END, RANGE_START, RUN_UID};
+use crate::api::worker_pod::worker_container;
 
 pub async fn run(target: &Target, name: &str) -> Result<ExitCode, CliError> {
     let run = target.run(name).await?;

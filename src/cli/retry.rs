@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use kube::api::{Patch, PatchParams};
 
 use super::client::{CliError, Target, api_error};
-use crate::controller::labels::RETRY_FAILED;
+use crate::api::labels::RETRY_FAILED;
 
 pub async fn run(target: &Target, name: &str) -> Result<ExitCode, CliError> {
     let run = target.run(name).await?;

@@ -16,9 +16,9 @@ use kube::api::ListParams;
 
 use super::client::{CliError, Target, api_error};
 use super::format::{finished, phase, progress};
+use crate::api::labels::RUN_UID;
+use crate::api::worker_pod::{WorkerSpec, worker_of};
 use crate::api::{BatchRun, Phase};
-use crate::controller::labels::RUN_UID;
-use crate::controller::worker_pod::{WorkerSpec, worker_of};
 use crate::guard::prometheus::{Prometheus, PrometheusFlags};
 use crate::guard::promql::{MemoryMetric, WorkerGroup, worker_memory_query};
 

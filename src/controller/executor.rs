@@ -14,11 +14,11 @@ use serde_json::json;
 
 use super::events::event_for;
 use super::job::build_job;
-use super::labels::{RESULT_FINALIZER, finalizer_removal};
 use super::queue_usage::job_memory_bytes;
 use super::queues::QueueEntry;
 use super::{Context, Error};
 use crate::api::BatchRun;
+use crate::api::labels::{RESULT_FINALIZER, finalizer_removal};
 use crate::metrics::RunFigures;
 use crate::plan::{Holding, Notice, Plan, Settled};
 

@@ -6,16 +6,17 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, PodSecurityContext, PodSpec, ResourceRequirements,
-    SeccompProfile, SecurityContext,
+    Capabilities, Container, EnvVar, PodSecurityContext, ResourceRequirements, SeccompProfile,
+    SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
-use super::labels::{
+use crate::api::labels::{
     KUEUE_QUEUE, QUEUE, RESULT_FINALIZER, WORKER_CONTAINER, batch_labels, job_name,
 };
+use crate::api::worker_pod::{sdk_threshold, worker_container, worker_index};
 use crate::api::{BatchRun, GuardAction, bytes_quantity, in_proportion, memory_bytes};
 use crate::plan::Launch;
 use crate::worker::env;
@@ -60,24 +61,6 @@ pub fn check_items_fit(items: &[String], batch_size: u64) -> Result<(), JobError
         }
     }
     Ok(())
-}
-
-/// The worker container: the one named `worker`, or else the first.
-pub fn worker_index(spec: &PodSpec) -> Option<usize> {
-    spec.containers
-        .iter()
-        .position(|c| c.name == "worker")
-        .or((!spec.containers.is_empty()).then_some(0))
-}
-
-/// The name of a run's worker container (empty when the template has no container).
-pub fn worker_container(run: &BatchRun) -> String {
-    run.spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|pod| worker_index(pod).map(|i| pod.containers[i].name.clone()))
-        .unwrap_or_default()
 }
 
 pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
@@ -182,17 +165,6 @@ pub fn build_job(run: &BatchRun, launch: &Launch) -> Result<Job, JobError> {
         }),
         status: None,
     })
-}
-
-/// The threshold of the SDKs' in-process guard: the run's, or, when the operator may grow a
-/// worker in place (a memory ceiling is set), halfway from it to the limit, so that the
-/// operator's guard gets to resize first and the worker stops itself only if that is too late.
-pub fn sdk_threshold(spec: &crate::api::BatchRunSpec) -> u8 {
-    let threshold = spec.memory_guard.threshold;
-    match spec.resources.memory.max {
-        Some(_) => threshold + (100 - threshold) / 2,
-        None => threshold,
-    }
 }
 
 /// The worker's memory request and limit (quantities) and the limit in bytes: the spec's, or,

@@ -4,14 +4,12 @@
 mod events;
 mod executor;
 pub mod job;
-pub mod labels;
 pub mod observe;
 mod queue_status;
 pub mod queue_usage;
 pub mod queues;
 mod reconcile;
 mod setbacks;
-pub mod worker_pod;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +24,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{BatchQueue, BatchRun};
+use crate::api::{BatchQueue, BatchRun, labels};
 use crate::guard::poller::Poller;
 use crate::guard::prometheus::Prometheus;
 use crate::guard::promql::MemoryMetric;

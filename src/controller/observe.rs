@@ -6,10 +6,9 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use super::labels::{JOB_NAME, RESULT_FINALIZER, RUN_UID, batch_of};
-use super::worker_pod::worker_of;
 use crate::api::RecordRange;
-use crate::guard::marked_action;
+use crate::api::labels::{JOB_NAME, RESULT_FINALIZER, RUN_UID, batch_of, marked_action};
+use crate::api::worker_pod::worker_of;
 use crate::guard::resize::{resizes_of, sizes_of};
 use crate::plan::{JobFinish, JobState, NotStarted, ObservedAttempt, PodState, WorkerExit};
 

@@ -7,7 +7,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use kube::ResourceExt;
 
-use super::labels::{JOB_NAME, RUN_UID};
+use crate::api::labels::{JOB_NAME, RUN_UID};
 use crate::api::memory_bytes;
 use crate::plan::Holding;
 

@@ -12,8 +12,8 @@ use kube::api::ObjectMeta;
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 
-use super::labels::QUEUE;
 use super::queue_usage::queue_holdings;
+use crate::api::labels::QUEUE;
 use crate::api::{BatchQueue, BatchRun, Phase, memory_bytes};
 use crate::plan::{Budget, Demand, Holding};
 

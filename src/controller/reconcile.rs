@@ -14,11 +14,12 @@ use kube::{Api, ResourceExt};
 use tracing::{Instrument, info_span};
 
 use super::executor::{execute, release_finalizer};
-use super::job::{build_job, check_items_fit, worker_container};
-use super::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER, RETRY_FAILED, RUN_UID};
+use super::job::{build_job, check_items_fit};
 use super::queue_usage::job_memory_bytes;
 use super::queues::{QueueEntry, budget_of, created, members};
 use super::{Context, Error, observe};
+use crate::api::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER, RETRY_FAILED, RUN_UID};
+use crate::api::worker_pod::worker_container;
 use crate::api::{BatchRun, universe};
 use crate::plan::{
     Demand, Launch, Observed, ObservedAttempt, Plan, Seat, fresh_batches, plan, plan_invalid,

@@ -28,13 +28,13 @@ use super::resize::{
 };
 use super::schedule::{MAX_CONCURRENT_POLLS, to_start};
 use super::view::{Blindness, GuardView};
-use super::{ACTION_ANNOTATION, PERCENT_ANNOTATION, marked_action, marked_percent};
+use crate::api::labels::{
+    ACTION_ANNOTATION, JOB_NAME, PERCENT_ANNOTATION, RUN_UID, marked_action, marked_percent,
+};
+use crate::api::worker_pod::{WorkerSpec, sdk_threshold, worker_of};
 use crate::api::{BatchRun, GuardAction, Phase, bytes_quantity};
 use crate::controller::Context;
-use crate::controller::job::sdk_threshold;
-use crate::controller::labels::{JOB_NAME, RUN_UID};
 use crate::controller::queues::budget_of;
-use crate::controller::worker_pod::{WorkerSpec, worker_of};
 use crate::metrics::Metrics;
 
 pub struct Poller {

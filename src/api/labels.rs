@@ -1,8 +1,9 @@
-//! Names, labels and finalizers that tie Jobs and pods to their run and batch.
+//! Names, labels, annotations and finalizers that tie Jobs and pods to their run and batch:
+//! the contract every layer reads, so it lives at the bottom.
 
 use std::collections::BTreeMap;
 
-use crate::api::RecordRange;
+use super::RecordRange;
 
 pub const RUN: &str = "batchguard.dev/run";
 pub const RUN_UID: &str = "batchguard.dev/run-uid";
@@ -28,6 +29,33 @@ pub const RESULT_FINALIZER: &str = "batchguard.dev/result";
 pub const RETRY_FAILED: &str = "batchguard.dev/retry-failed";
 /// On runs: deleting a run first releases its worker pods.
 pub const CLEANUP_FINALIZER: &str = "batchguard.dev/cleanup";
+
+/// Pod annotation recording the guard's action, so it is taken once and the planner knows a
+/// stopped worker was not a failure.
+pub const ACTION_ANNOTATION: &str = "batchguard.dev/guard-action";
+/// Pod annotation with the percent of the limit measured when the guard acted.
+pub const PERCENT_ANNOTATION: &str = "batchguard.dev/guard-percent";
+
+/// The guard's action recorded on a pod, read back from its annotation.
+pub fn marked_action(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Option<super::GuardAction> {
+    use super::GuardAction;
+    match annotations.get(ACTION_ANNOTATION)?.as_str() {
+        "Drain" => Some(GuardAction::Drain),
+        "Restart" => Some(GuardAction::Restart),
+        "Observe" => Some(GuardAction::Observe),
+        _ => None,
+    }
+}
+
+/// The percent recorded with the action (0 when unreadable).
+pub fn marked_percent(annotations: &std::collections::BTreeMap<String, String>) -> u32 {
+    annotations
+        .get(PERCENT_ANNOTATION)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
 
 /// Selects every object batchguard manages.
 pub fn managed_selector() -> String {

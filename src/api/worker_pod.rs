@@ -1,4 +1,4 @@
-//! A worker pod's own settings, read back from the pod (or its Job's template) rather than
+//! Which container is the worker, and a worker pod's own settings, read back from the pod (or its Job's template) rather than
 //! from the run's current spec: the template and the resources may change while a run is in
 //! flight, and a pod keeps what its Job was built with. Pure.
 
@@ -6,9 +6,37 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use kube::ResourceExt;
 
-use super::job::worker_index;
 use super::labels::WORKER_CONTAINER;
-use crate::api::memory_bytes;
+use super::{BatchRun, BatchRunSpec, memory_bytes};
+
+/// The worker container: the one named `worker`, or else the first.
+pub fn worker_index(spec: &PodSpec) -> Option<usize> {
+    spec.containers
+        .iter()
+        .position(|c| c.name == "worker")
+        .or((!spec.containers.is_empty()).then_some(0))
+}
+
+/// The name of a run's worker container (empty when the template has no container).
+pub fn worker_container(run: &BatchRun) -> String {
+    run.spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|pod| worker_index(pod).map(|i| pod.containers[i].name.clone()))
+        .unwrap_or_default()
+}
+
+/// The threshold of the SDKs' in-process guard: the run's, or, when the operator may grow a
+/// worker in place (a memory ceiling is set), halfway from it to the limit, so that the
+/// operator's guard gets to resize first and the worker stops itself only if that is too late.
+pub fn sdk_threshold(spec: &BatchRunSpec) -> u8 {
+    let threshold = spec.memory_guard.threshold;
+    match spec.resources.memory.max {
+        Some(_) => threshold + (100 - threshold) / 2,
+        None => threshold,
+    }
+}
 
 /// What the guard measures one worker pod against.
 #[derive(Clone, Debug, PartialEq)]
