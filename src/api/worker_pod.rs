@@ -1,6 +1,6 @@
-//! Which container is the worker, and a worker pod's own settings, read back from the pod (or its Job's template) rather than
-//! from the run's current spec: the template and the resources may change while a run is in
-//! flight, and a pod keeps what its Job was built with. Pure.
+//! Which container is the worker, and a worker pod's own settings, read back from the pod (or
+//! its Job's template) rather than from the run's current spec: the template and the resources
+//! may change while a run is in flight, and a pod keeps what its Job was built with. Pure.
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};

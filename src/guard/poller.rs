@@ -27,7 +27,7 @@ use super::resize::{
     on_pressure, resizes_of, sizes_of,
 };
 use super::schedule::{MAX_CONCURRENT_POLLS, to_start};
-use super::view::{Blindness, GuardView};
+use super::view::GuardView;
 use crate::api::labels::{
     ACTION_ANNOTATION, JOB_NAME, PERCENT_ANNOTATION, RUN_UID, marked_action, marked_percent,
 };
@@ -36,6 +36,7 @@ use crate::api::{BatchRun, GuardAction, Phase, bytes_quantity};
 use crate::controller::Context;
 use crate::controller::queues::budget_of;
 use crate::metrics::Metrics;
+use crate::plan::Blindness;
 
 pub struct Poller {
     pub client: Client,

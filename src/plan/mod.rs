@@ -6,6 +6,7 @@ mod backoff;
 mod conditions;
 mod cutting;
 mod ledger;
+mod memory;
 mod observed;
 mod planner;
 #[cfg(test)]
@@ -21,6 +22,7 @@ pub use backoff::*;
 pub use conditions::*;
 pub use cutting::*;
 pub use ledger::*;
+pub use memory::*;
 pub use observed::*;
 pub use planner::*;
 pub use rerun::*;

@@ -3,9 +3,9 @@
 
 use jiff::Timestamp;
 
+use super::RunMemory;
 use crate::api::RecordRange;
 use crate::api::{BatchRunSpec, GuardAction};
-use crate::guard::view::RunMemory;
 
 /// One attempt: a Job for a range, its worker pod, or both.
 #[derive(Clone, Debug, PartialEq)]

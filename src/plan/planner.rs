@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use super::RunMemory;
 use super::{
     Ledger, MemoryModel, Observed, ObservedAttempt, Outcome, Ran, Requeued, RunState, SettlePolicy,
     Settled, clean_up, fresh_batches, outcome_of, rerun_failed, settle, sized_batches, sizing,
@@ -14,7 +15,6 @@ use super::{
 use crate::api::{
     BatchRunStatus, MemorySample, Phase, RangeSet, RecordRange, memory_bytes, universe,
 };
-use crate::guard::view::RunMemory;
 use crate::worker::WorkerResult;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 

@@ -7,7 +7,6 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 
 use super::*;
-use crate::guard::view::{PodMemory, RunMemory};
 
 use crate::api::{
     BatchRunSpec, BatchRunStatus, InputSpec, MemoryResources, Phase, RecordRange, RecordRangeSpec,
@@ -670,7 +669,7 @@ fn memory_pressure_condition_follows_the_guard() {
     assert_eq!(hot.status.as_ref().unwrap().guard.peak_percent, 91);
 
     sim.memory = Some(RunMemory {
-        blind: Some(crate::guard::view::Blindness {
+        blind: Some(Blindness {
             since: t0(),
             reason: "Prometheus query failed".into(),
         }),
