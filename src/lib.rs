@@ -12,5 +12,6 @@ pub mod guard;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod prometheus;
 pub mod telemetry;
 pub mod worker;

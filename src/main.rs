@@ -9,9 +9,9 @@ use clap::{Parser, Subcommand};
 use kube::Client;
 
 use batchguard::admin::{self, Health};
-use batchguard::guard::prometheus::{Prometheus, PrometheusFlags};
-use batchguard::guard::promql::{DEFAULT_MAX_SAMPLE_AGE, MemoryMetric, parse_age};
 use batchguard::metrics::Metrics;
+use batchguard::prometheus::promql::{DEFAULT_MAX_SAMPLE_AGE, MemoryMetric, parse_age};
+use batchguard::prometheus::{Prometheus, PrometheusFlags};
 use batchguard::telemetry::{self, LogFormat};
 use batchguard::{controller, finalizers, leader};
 

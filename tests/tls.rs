@@ -3,7 +3,7 @@
 //! both build and use an https client. Cargo.lock holds no second crypto provider (aws-lc-rs)
 //! and no HTTP/3 stack (quinn), which a default feature of reqwest would bring back.
 
-use batchguard::guard::prometheus::{Prometheus, PrometheusFlags};
+use batchguard::prometheus::{Prometheus, PrometheusFlags};
 
 #[tokio::test]
 async fn kube_and_prometheus_clients_share_one_tls_provider() {

@@ -48,7 +48,7 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         interval: u64,
         #[command(flatten)]
-        prometheus: crate::guard::prometheus::PrometheusFlags,
+        prometheus: crate::prometheus::PrometheusFlags,
     },
     /// The aggregate, the outputs and the failures of a run.
     Results {

@@ -19,8 +19,8 @@ use super::format::{finished, phase, progress};
 use crate::api::labels::RUN_UID;
 use crate::api::worker_pod::{WorkerSpec, worker_of};
 use crate::api::{BatchRun, Phase};
-use crate::guard::prometheus::{Prometheus, PrometheusFlags};
-use crate::guard::promql::{MemoryMetric, WorkerGroup, worker_memory_query};
+use crate::prometheus::promql::{MemoryMetric, WorkerGroup, worker_memory_query};
+use crate::prometheus::{Prometheus, PrometheusFlags};
 
 pub async fn run(
     target: &Target,

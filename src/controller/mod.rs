@@ -26,10 +26,10 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::api::{BatchQueue, BatchRun, labels};
 use crate::guard::poller::Poller;
-use crate::guard::prometheus::Prometheus;
-use crate::guard::promql::MemoryMetric;
 use crate::guard::view::GuardView;
 use crate::metrics::Metrics;
+use crate::prometheus::Prometheus;
+use crate::prometheus::promql::MemoryMetric;
 pub use reconcile::reconcile;
 
 /// Errors of one reconcile; they requeue the run with a delay.

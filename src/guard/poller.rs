@@ -20,8 +20,6 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use super::decide::{Decision, Mark, Worker, decide, unfinished, unseen_reason};
-use super::prometheus::Prometheus;
-use super::promql::{MemoryMetric, WorkerGroup, worker_memory_query};
 use super::resize::{
     Pressure, RESIZE_AT_ANNOTATION, RESIZE_TO_ANNOTATION, RESIZES_ANNOTATION, Sizes, Use,
     on_pressure, resizes_of, sizes_of,
@@ -37,6 +35,8 @@ use crate::controller::Context;
 use crate::controller::queues::budget_of;
 use crate::metrics::Metrics;
 use crate::plan::Blindness;
+use crate::prometheus::Prometheus;
+use crate::prometheus::promql::{MemoryMetric, WorkerGroup, worker_memory_query};
 
 pub struct Poller {
     pub client: Client,

@@ -1,5 +1,10 @@
-//! The Prometheus client: URL, timeout, optional bearer token file (read on every request,
-//! since mounted tokens rotate) and CA file.
+//! Worker memory from Prometheus: the client (URL, timeout, optional bearer token file read on
+//! every request since mounted tokens rotate, CA file) and, in `promql`, the query.
+//!
+//! A leaf with no project imports: both the guard and `kubectl batchguard watch` read worker
+//! memory through it, and the CLI must not depend on the guard's poller.
+
+pub mod promql;
 
 use std::path::PathBuf;
 use std::time::Duration;
