@@ -13,5 +13,6 @@ pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod prometheus;
+pub mod queues;
 pub mod telemetry;
 pub mod worker;

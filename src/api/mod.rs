@@ -1,5 +1,6 @@
 //! The BatchRun and BatchQueue API (`batchguard.dev/v1alpha1`): spec, status and the CRD schema. No I/O here.
 
+pub mod kube_facts;
 pub mod labels;
 mod quantity;
 mod queue;

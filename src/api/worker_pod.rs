@@ -2,12 +2,16 @@
 //! its Job's template) rather than from the run's current spec: the template and the resources
 //! may change while a run is in flight, and a pod keeps what its Job was built with. Pure.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 
+use super::kube_facts::{container_status, memory_of};
 use super::labels::WORKER_CONTAINER;
-use super::{BatchRun, BatchRunSpec, memory_bytes};
+use super::{BatchRun, BatchRunSpec};
 
 /// The worker container: the one named `worker`, or else the first.
 pub fn worker_index(spec: &PodSpec) -> Option<usize> {
@@ -93,20 +97,8 @@ pub fn worker_of(pod: &Pod, job: Option<&Job>) -> Option<WorkerSpec> {
 }
 
 fn applied_limit(pod: &Pod, container: &str) -> Option<(String, u64)> {
-    let quantity = pod
-        .status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == container)?
-        .resources
-        .as_ref()?
-        .limits
-        .as_ref()?
-        .get("memory")?;
-    let bytes = memory_bytes(&quantity.0).ok().filter(|b| *b > 0)?;
-    Some((quantity.0.clone(), bytes))
+    let resources = container_status(pod, container)?.resources.as_ref();
+    readable_limit(resources.and_then(|r| r.limits.as_ref()))
 }
 
 fn worker_name(spec: &PodSpec) -> Option<String> {
@@ -114,17 +106,14 @@ fn worker_name(spec: &PodSpec) -> Option<String> {
 }
 
 fn memory_limit(spec: &PodSpec, container: &str) -> Option<(String, u64)> {
-    let quantity = spec
-        .containers
-        .iter()
-        .find(|c| c.name == container)?
-        .resources
-        .as_ref()?
-        .limits
-        .as_ref()?
-        .get("memory")?;
-    let bytes = memory_bytes(&quantity.0).ok().filter(|b| *b > 0)?;
-    Some((quantity.0.clone(), bytes))
+    let resources = spec.containers.iter().find(|c| c.name == container)?;
+    readable_limit(resources.resources.as_ref().and_then(|r| r.limits.as_ref()))
+}
+
+/// A memory limit that can be measured against: readable and not zero.
+fn readable_limit(limits: Option<&BTreeMap<String, Quantity>>) -> Option<(String, u64)> {
+    let (text, bytes) = memory_of(limits).filter(|(_, bytes)| *bytes > 0)?;
+    Some((text.to_string(), bytes))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use kube::ResourceExt;
 use kube::api::{ListParams, LogParams};
 
 use super::client::{CliError, Target, api_error};
+use crate::api::kube_facts::{pod_phase, terminated};
 use crate::api::labels::{ATTEMPT, RANGE_END, RANGE_START, RUN_UID};
 use crate::api::worker_pod::worker_container;
 
@@ -62,20 +63,14 @@ pub async fn run(target: &Target, name: &str) -> Result<ExitCode, CliError> {
 /// Why the worker of a pod failed, if it did.
 fn failure(pod: &Pod, worker: &str) -> Option<String> {
     let status = pod.status.as_ref()?;
-    let terminated = status
-        .container_statuses
-        .iter()
-        .flatten()
-        .find(|c| c.name == worker)
-        .and_then(|c| c.state.as_ref()?.terminated.as_ref());
-    match terminated {
+    match terminated(pod, worker) {
         Some(t) if t.exit_code != 0 => Some(format!(
             "exit code {} ({})",
             t.exit_code,
             t.reason.clone().unwrap_or_default()
         )),
         Some(_) => None,
-        None if status.phase.as_deref() == Some("Failed") => {
+        None if pod_phase(pod) == "Failed" => {
             Some(status.reason.clone().unwrap_or_else(|| "pod failed".into()))
         }
         None => None,

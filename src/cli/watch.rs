@@ -16,6 +16,7 @@ use kube::api::ListParams;
 
 use super::client::{CliError, Target, api_error};
 use super::format::{finished, phase, progress};
+use crate::api::kube_facts::pod_phase;
 use crate::api::labels::RUN_UID;
 use crate::api::worker_pod::{WorkerSpec, worker_of};
 use crate::api::{BatchRun, Phase};
@@ -179,7 +180,7 @@ async fn workers(
     let running: Vec<(String, WorkerSpec)> = pods
         .items
         .iter()
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter(|p| pod_phase(p) == "Running")
         .filter_map(|p| Some((p.name_any(), worker_of(p, None)?)))
         .collect();
     if running.is_empty() {

@@ -14,13 +14,13 @@ use serde_json::json;
 
 use super::events::event_for;
 use super::job::build_job;
-use super::queue_usage::job_memory_bytes;
-use super::queues::QueueEntry;
 use super::{Context, Error};
 use crate::api::BatchRun;
+use crate::api::kube_facts::job_memory_bytes;
 use crate::api::labels::{RESULT_FINALIZER, finalizer_removal};
 use crate::metrics::RunFigures;
 use crate::plan::{Holding, Notice, Plan, Settled};
+use crate::queues::QueueEntry;
 
 /// Requests sent at once when many batches launch or finish together.
 const IN_FLIGHT: usize = 8;

@@ -6,8 +6,6 @@ mod executor;
 pub mod job;
 pub mod observe;
 mod queue_status;
-pub mod queue_usage;
-pub mod queues;
 mod reconcile;
 mod setbacks;
 
@@ -30,6 +28,7 @@ use crate::guard::view::GuardView;
 use crate::metrics::Metrics;
 use crate::prometheus::Prometheus;
 use crate::prometheus::promql::MemoryMetric;
+use crate::queues;
 pub use reconcile::reconcile;
 
 /// Errors of one reconcile; they requeue the run with a delay.
@@ -172,7 +171,8 @@ pub async fn run(
             metrics,
             recorder,
             trigger,
-            controller: context.clone(),
+            queues: context.queues.clone(),
+            queue_store: context.queue_store.clone(),
         };
         tokio::spawn(poller.run());
     }

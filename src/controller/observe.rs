@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use crate::api::RecordRange;
+use crate::api::kube_facts::{finished_condition, pod_ended, pod_phase, terminated};
 use crate::api::labels::{JOB_NAME, RESULT_FINALIZER, RUN_UID, batch_of, marked_action};
 use crate::api::worker_pod::worker_of;
 use crate::guard::resize::{resizes_of, sizes_of};
@@ -119,19 +120,12 @@ fn entry(
 }
 
 fn job_state(job: &Job) -> JobState {
-    let finished = job
-        .status
-        .iter()
-        .flat_map(|s| s.conditions.iter().flatten())
-        .find_map(|c| {
-            let terminal = c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed");
-            terminal.then(|| JobFinish {
-                failed: c.type_ == "Failed",
-                reason: c.reason.clone().unwrap_or_default(),
-                message: c.message.clone().unwrap_or_default(),
-                at: c.last_transition_time.as_ref().map(|t| t.0),
-            })
-        });
+    let finished = finished_condition(job).map(|c| JobFinish {
+        failed: c.type_ == "Failed",
+        reason: c.reason.clone().unwrap_or_default(),
+        message: c.message.clone().unwrap_or_default(),
+        at: c.last_transition_time.as_ref().map(|t| t.0),
+    });
     JobState {
         name: job.name_any(),
         deleting: job.metadata.deletion_timestamp.is_some(),
@@ -205,12 +199,7 @@ fn applied_resizes(pod: &Pod, worker_container: &str) -> u32 {
 
 fn pod_state(pod: &Pod, worker_container: &str) -> PodState {
     let status = pod.status.as_ref();
-    let terminated = status
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|all| all.iter().find(|c| c.name == worker_container))
-        .and_then(|c| c.state.as_ref()?.terminated.as_ref());
-    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
-    let exit = match terminated {
+    let exit = match terminated(pod, worker_container) {
         Some(t) => Some(WorkerExit {
             exit_code: t.exit_code,
             reason: t.reason.clone().unwrap_or_default(),
@@ -218,8 +207,8 @@ fn pod_state(pod: &Pod, worker_container: &str) -> PodState {
             finished_at: t.finished_at.as_ref().map(|t| t.0),
         }),
         // The pod ended without a container record (evicted, node lost): a failure.
-        None if phase == "Failed" || phase == "Succeeded" => Some(WorkerExit {
-            exit_code: if phase == "Succeeded" { 0 } else { -1 },
+        None if pod_ended(pod) => Some(WorkerExit {
+            exit_code: if pod_phase(pod) == "Succeeded" { 0 } else { -1 },
             reason: status
                 .and_then(|s| s.reason.clone())
                 .unwrap_or_else(|| "PodFailed".into()),
@@ -230,7 +219,7 @@ fn pod_state(pod: &Pod, worker_container: &str) -> PodState {
     };
     PodState {
         waiting: if exit.is_none() { waiting(pod) } else { None },
-        ended: phase == "Succeeded" || phase == "Failed",
+        ended: pod_ended(pod),
         name: pod.name_any(),
         holds_result: pod.finalizers().iter().any(|f| f == RESULT_FINALIZER),
         deleting: pod.metadata.deletion_timestamp.is_some(),

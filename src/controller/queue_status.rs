@@ -11,11 +11,11 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::queues::{budget_of, members};
 use super::{Context, Error};
 use crate::api::{BatchQueue, BatchQueueStatus, WaitingRun, bytes_quantity};
 use crate::metrics::QueueUsage;
 use crate::plan::{Shares, condition, share};
+use crate::queues::{budget_of, members};
 
 /// How often a queue's figures are refreshed.
 const REFRESH: Duration = Duration::from_secs(2);

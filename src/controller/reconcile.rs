@@ -15,9 +15,8 @@ use tracing::{Instrument, info_span};
 
 use super::executor::{execute, release_finalizer};
 use super::job::{build_job, check_items_fit};
-use super::queue_usage::job_memory_bytes;
-use super::queues::{QueueEntry, budget_of, created, members};
 use super::{Context, Error, observe};
+use crate::api::kube_facts::job_memory_bytes;
 use crate::api::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER, RETRY_FAILED, RUN_UID};
 use crate::api::worker_pod::worker_container;
 use crate::api::{BatchRun, universe};
@@ -25,6 +24,7 @@ use crate::plan::{
     Demand, Launch, Observed, ObservedAttempt, Plan, Seat, fresh_batches, plan, plan_invalid,
     seat_of, share,
 };
+use crate::queues::{QueueEntry, budget_of, created, members};
 
 pub async fn reconcile(run: Arc<BatchRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();

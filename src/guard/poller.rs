@@ -26,17 +26,17 @@ use super::resize::{
 };
 use super::schedule::{MAX_CONCURRENT_POLLS, to_start};
 use super::view::GuardView;
+use crate::api::kube_facts::running;
 use crate::api::labels::{
     ACTION_ANNOTATION, JOB_NAME, PERCENT_ANNOTATION, RUN_UID, marked_action, marked_percent,
 };
 use crate::api::worker_pod::{WorkerSpec, sdk_threshold, worker_of};
-use crate::api::{BatchRun, GuardAction, Phase, bytes_quantity};
-use crate::controller::Context;
-use crate::controller::queues::budget_of;
+use crate::api::{BatchQueue, BatchRun, GuardAction, Phase, bytes_quantity};
 use crate::metrics::Metrics;
 use crate::plan::Blindness;
 use crate::prometheus::Prometheus;
 use crate::prometheus::promql::{MemoryMetric, WorkerGroup, worker_memory_query};
+use crate::queues::{QueueEntry, Queues, budget_of};
 
 pub struct Poller {
     pub client: Client,
@@ -57,7 +57,8 @@ pub struct Poller {
     pub trigger: UnboundedSender<ObjectRef<BatchRun>>,
     /// The controller's queues: a resize is charged to the run's BatchQueue in the same turn
     /// as admissions.
-    pub controller: Arc<Context>,
+    pub queues: Queues,
+    pub queue_store: Store<BatchQueue>,
 }
 
 impl Poller {
@@ -263,7 +264,7 @@ impl Poller {
                 .spec
                 .queue
                 .as_ref()
-                .map(|q| (q, self.controller.queues.entry(namespace, q)));
+                .map(|q| (q, self.queues.entry(namespace, q)));
             let _turn = match &entry {
                 Some((_, entry)) => Some(entry.turn.lock().await),
                 None => None,
@@ -304,14 +305,8 @@ impl Poller {
     }
 
     /// Bytes the queue has free now (none when it is missing or invalid).
-    fn room(
-        &self,
-        namespace: &str,
-        queue: &str,
-        entry: &crate::controller::queues::QueueEntry,
-    ) -> u64 {
+    fn room(&self, namespace: &str, queue: &str, entry: &QueueEntry) -> u64 {
         let Some(object) = self
-            .controller
             .queue_store
             .get(&ObjectRef::new(queue).within(namespace))
         else {
@@ -572,16 +567,6 @@ impl Poller {
             tracing::warn!(%error, "could not publish a guard event");
         }
     }
-}
-
-/// The worker container is running (not waiting, not terminated).
-fn running(pod: &Pod, container: &str) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|all| all.iter().find(|c| c.name == container))
-        .and_then(|c| c.state.as_ref())
-        .is_some_and(|s| s.running.is_some())
 }
 
 fn running_for(pod: &Pod) -> Duration {

@@ -9,7 +9,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::api::{bytes_quantity, in_proportion, memory_bytes};
+use crate::api::kube_facts::{container_status, memory_of};
+use crate::api::{bytes_quantity, in_proportion};
 
 /// Pod annotation: the memory limit (bytes) the guard last asked the kubelet for.
 pub const RESIZE_TO_ANNOTATION: &str = "batchguard.dev/resize-to";
@@ -147,22 +148,14 @@ fn stop(why: String) -> Pressure {
 
 /// The sizes of a pod's worker container, read from its spec, status and annotations.
 pub fn sizes_of(pod: &Pod, container: &str) -> Sizes {
-    let memory = |map: Option<
-        &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
-    >| {
-        map.and_then(|m| m.get("memory"))
-            .and_then(|q| memory_bytes(&q.0).ok())
-    };
+    let memory = |map| memory_of(map).map(|(_, bytes)| bytes);
     let spec = pod
         .spec
         .as_ref()
         .and_then(|s| s.containers.iter().find(|c| c.name == container))
         .and_then(|c| c.resources.as_ref());
     let status = pod.status.as_ref();
-    let applied = status
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|all| all.iter().find(|c| c.name == container))
-        .and_then(|c| c.resources.as_ref());
+    let applied = container_status(pod, container).and_then(|c| c.resources.as_ref());
     let annotations = pod.metadata.annotations.as_ref();
     let asked = annotations.and_then(|a| {
         let bytes = a.get(RESIZE_TO_ANNOTATION)?.parse().ok()?;

@@ -1,6 +1,13 @@
 //! The operator's memory of its BatchQueues, kept only where the cluster cannot answer yet:
 //! Jobs created but not yet in the cache, and what each queued run would start. Neither is
 //! needed for safety after a restart: the caches are complete before the first reconcile.
+//!
+//! Its own module, below the controller and the guard: the controller admits batches through
+//! it and the guard charges a resize to the same queue, in the same admission turn.
+
+mod usage;
+
+pub use usage::queue_holdings;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +19,6 @@ use kube::api::ObjectMeta;
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 
-use super::queue_usage::queue_holdings;
 use crate::api::labels::QUEUE;
 use crate::api::{BatchQueue, BatchRun, Phase, memory_bytes};
 use crate::plan::{Budget, Demand, Holding};
@@ -22,10 +28,11 @@ const EXPECTATION_TTL: Duration = Duration::from_secs(60);
 /// A run that has not reconciled for this long is asked again (it resyncs every 5 minutes).
 const WANT_TTL: Duration = Duration::from_secs(600);
 
-/// Every queue the operator has admitted batches to.
-#[derive(Default)]
+/// Every queue the operator has admitted batches to. Clones share the same queues: the
+/// controller and the guard hold one each.
+#[derive(Clone, Default)]
 pub struct Queues {
-    entries: Mutex<HashMap<(String, String), Arc<QueueEntry>>>,
+    entries: Arc<Mutex<HashMap<(String, String), Arc<QueueEntry>>>>,
 }
 
 /// One queue: a turn that serializes admission, and the in-flight facts.

@@ -4,69 +4,22 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
+use crate::api::kube_facts::{finished_condition, job_pod_spec, pod_ended, pod_memory_bytes};
 use crate::api::labels::{JOB_NAME, RUN_UID};
-use crate::api::memory_bytes;
 use crate::plan::Holding;
-
-/// Memory a pod may hold, as the scheduler reckons it, with each container's limit (or its
-/// request, where no limit is set): its containers together with its native sidecars (init
-/// containers with `restartPolicy: Always`, which run beside them), or an ordinary init
-/// container with the sidecars started before it, if that is more.
-pub fn pod_memory_bytes(spec: &PodSpec) -> u64 {
-    let of = |c: &Container| {
-        let resources = c.resources.as_ref();
-        resources
-            .and_then(|r| r.limits.as_ref()?.get("memory"))
-            .or_else(|| resources.and_then(|r| r.requests.as_ref()?.get("memory")))
-            .and_then(|q| memory_bytes(&q.0).ok())
-            .unwrap_or(0)
-    };
-    let mut sidecars = 0u64;
-    let mut init_peak = 0u64;
-    for init in spec.init_containers.iter().flatten() {
-        if init.restart_policy.as_deref() == Some("Always") {
-            sidecars += of(init);
-            init_peak = init_peak.max(sidecars);
-        } else {
-            init_peak = init_peak.max(sidecars + of(init));
-        }
-    }
-    let running: u64 = spec.containers.iter().map(of).sum::<u64>() + sidecars;
-    running.max(init_peak)
-}
-
-/// Memory the pod of a Job will hold (0 for a Job without a pod template spec).
-pub fn job_memory_bytes(job: &Job) -> u64 {
-    job.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(pod_memory_bytes)
-        .unwrap_or(0)
-}
 
 /// A pod holds memory until all its containers have ended, terminating or not.
 fn holds_memory(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    !matches!(phase, Some("Succeeded" | "Failed"))
-}
-
-fn terminal(pod: &Pod) -> bool {
-    !holds_memory(pod)
+    !pod_ended(pod)
 }
 
 /// A Job that still wants a worker: not finished and not being deleted.
 fn job_alive(job: &Job) -> bool {
-    let finished = job
-        .status
-        .iter()
-        .flat_map(|s| s.conditions.iter().flatten())
-        .any(|c| c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed"));
-    !finished && job.metadata.deletion_timestamp.is_none()
+    finished_condition(job).is_none() && job.metadata.deletion_timestamp.is_none()
 }
-
 /// The workers of one queue (the caller passes its Jobs and pods): one holding per batch Job
 /// whose pod runs or is about to, and one per orphaned pod still running. Also returns the
 /// names of the Jobs seen, so that expectations of Jobs created earlier can be retired.
@@ -99,12 +52,9 @@ pub fn queue_holdings<'a>(
         let holding = pods.iter().any(|p| holds_memory(p));
         let bytes = if holding {
             Some(held)
-        } else if job_alive(job) && !pods.iter().any(|p| terminal(p)) {
+        } else if job_alive(job) && !pods.iter().any(|p| pod_ended(p)) {
             // Its pod is not created (or not seen) yet: it will hold the template's memory.
-            job.spec
-                .as_ref()
-                .and_then(|s| s.template.spec.as_ref())
-                .map(pod_memory_bytes)
+            job_pod_spec(job).map(pod_memory_bytes)
         } else {
             None
         };
@@ -129,34 +79,6 @@ pub fn queue_holdings<'a>(
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn native_sidecars_count_beside_the_worker() {
-        let spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(serde_json::json!({
-            "initContainers": [
-                {"name": "setup", "image": "i", "resources": {"limits": {"memory": "300Mi"}}},
-                {"name": "proxy", "image": "i", "restartPolicy": "Always", "resources": {"limits": {"memory": "64Mi"}}},
-                {"name": "migrate", "image": "i", "resources": {"limits": {"memory": "200Mi"}}}
-            ],
-            "containers": [{"name": "worker", "image": "w", "resources": {"limits": {"memory": "128Mi"}}}]
-        }))
-        .unwrap();
-        // Running: worker 128 + proxy 64 = 192; init: setup 300 alone, migrate 200 + proxy 64.
-        assert_eq!(super::pod_memory_bytes(&spec), 300 << 20);
-        let mut lean = spec.clone();
-        lean.init_containers.as_mut().unwrap().remove(0);
-        assert_eq!(
-            super::pod_memory_bytes(&lean),
-            264 << 20,
-            "migrate with the proxy beside it"
-        );
-        lean.init_containers.as_mut().unwrap().pop();
-        assert_eq!(
-            super::pod_memory_bytes(&lean),
-            192 << 20,
-            "the proxy runs beside the worker"
-        );
-    }
-
     use super::*;
     use serde_json::json;
 
@@ -229,15 +151,5 @@ mod tests {
         // A Job whose worker ended but that is not marked finished yet holds nothing either.
         let racing = job("j2", json!([]));
         assert!(queue_holdings([&done, &racing], [&ended]).0.is_empty());
-    }
-
-    #[test]
-    fn init_containers_count_when_larger() {
-        let spec: PodSpec = serde_json::from_value(json!({
-            "initContainers": [{"name": "fetch", "image": "f", "resources": {"limits": {"memory": "1Gi"}}}],
-            "containers": [{"name": "worker", "image": "w", "resources": {"limits": {"memory": "512Mi"}}}]
-        }))
-        .unwrap();
-        assert_eq!(pod_memory_bytes(&spec), 1024 * MI);
     }
 }
