@@ -305,7 +305,7 @@ async fn an_oom_killed_batch_is_retried_in_halves() {
         status.aggregate.outputs.count, 4,
         "two halves of 0-99 and two whole batches"
     );
-    assert_eq!(status.failures[0].reason, "OOMKilled");
+    assert_eq!(status.failures[0].reason.as_str(), "OOMKilled");
 }
 
 #[tokio::test]

@@ -41,7 +41,7 @@ async fn a_worker_claiming_more_records_than_its_batch_is_never_counted() {
     );
     assert!(status.aggregate.sums.is_empty());
     let failure = status.failures.last().unwrap();
-    assert_eq!(failure.reason, "BadOutput");
+    assert_eq!(failure.reason.as_str(), "BadOutput");
     assert!(
         failure
             .message
@@ -73,7 +73,7 @@ async fn a_sum_that_would_overflow_fails_its_batch_and_keeps_the_total_finite() 
     assert_eq!(status.completed, "0-9");
     assert_eq!(status.failed, "10-19");
     let failure = status.failures.last().unwrap();
-    assert_eq!(failure.reason, "BadOutput");
+    assert_eq!(failure.reason.as_str(), "BadOutput");
     assert!(
         failure
             .message
@@ -220,7 +220,7 @@ async fn a_deleted_worker_reporting_a_short_count_without_a_resume_point_runs_ag
     let refused = status
         .failures
         .iter()
-        .find(|f| f.reason == "BadOutput")
+        .find(|f| f.reason.as_str() == "BadOutput")
         .expect("the short report was refused");
     assert!(
         refused.message.contains("must say where to resume"),

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use super::RecordRange;
+use serde::{Deserialize, Serialize};
+
+use super::{GuardAction, RecordRange};
 
 pub const RUN: &str = "batchguard.dev/run";
 pub const RUN_UID: &str = "batchguard.dev/run-uid";
@@ -36,25 +38,47 @@ pub const ACTION_ANNOTATION: &str = "batchguard.dev/guard-action";
 /// Pod annotation with the percent of the limit measured when the guard acted.
 pub const PERCENT_ANNOTATION: &str = "batchguard.dev/guard-percent";
 
-/// The guard's action recorded on a pod, read back from its annotation.
-pub fn marked_action(
-    annotations: &std::collections::BTreeMap<String, String>,
-) -> Option<super::GuardAction> {
-    use super::GuardAction;
-    match annotations.get(ACTION_ANNOTATION)?.as_str() {
-        "Drain" => Some(GuardAction::Drain),
-        "Restart" => Some(GuardAction::Restart),
-        "Observe" => Some(GuardAction::Observe),
-        _ => None,
+/// The guard's action on a pod, written as its annotations (`ACTION_ANNOTATION`,
+/// `PERCENT_ANNOTATION`) before it acts, so it is taken once and the planner knows a stopped
+/// worker was not a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GuardMark {
+    #[serde(rename = "batchguard.dev/guard-action")]
+    pub action: GuardAction,
+    /// Percent of the limit measured when the guard acted (0 when unreadable).
+    #[serde(
+        rename = "batchguard.dev/guard-percent",
+        default,
+        with = "percent_text"
+    )]
+    pub percent: u32,
+}
+
+impl GuardMark {
+    /// The mark on a pod, if it carries one with a known action.
+    pub fn read(annotations: &BTreeMap<String, String>) -> Option<Self> {
+        // Only our two keys: other annotations never make the mark unreadable.
+        let ours = annotations
+            .iter()
+            .filter(|(key, _)| *key == ACTION_ANNOTATION || *key == PERCENT_ANNOTATION)
+            .map(|(key, value)| (key.as_str(), value.as_str()));
+        let map = serde::de::value::MapDeserializer::<_, serde::de::value::Error>::new(ours);
+        GuardMark::deserialize(map).ok()
     }
 }
 
-/// The percent recorded with the action (0 when unreadable).
-pub fn marked_percent(annotations: &std::collections::BTreeMap<String, String>) -> u32 {
-    annotations
-        .get(PERCENT_ANNOTATION)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
+/// Annotations are strings: the percent is written and read as text.
+mod percent_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(percent: &u32, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(percent)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(text.parse().unwrap_or(0))
+    }
 }
 
 /// Selects every object batchguard manages.
@@ -156,6 +180,53 @@ mod tests {
         let labels = batch_labels("run", "uid", RecordRange::new(10, 20), 3);
         assert_eq!(batch_of(&labels), Some((RecordRange::new(10, 20), 3)));
         assert_eq!(labels[MANAGED_BY], "batchguard");
+    }
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_guard_mark_is_written_and_read_as_two_annotations() {
+        let mark = GuardMark {
+            action: GuardAction::Restart,
+            percent: 91,
+        };
+        assert_eq!(
+            serde_json::to_value(mark).unwrap(),
+            serde_json::json!({ACTION_ANNOTATION: "Restart", PERCENT_ANNOTATION: "91"})
+        );
+        let written = annotations(&[
+            (ACTION_ANNOTATION, "Restart"),
+            (PERCENT_ANNOTATION, "91"),
+            ("team", "payroll"),
+        ]);
+        assert_eq!(GuardMark::read(&written), Some(mark));
+    }
+
+    #[test]
+    fn a_mark_needs_a_known_action_but_not_a_readable_percent() {
+        let drain = annotations(&[(ACTION_ANNOTATION, "Drain"), (PERCENT_ANNOTATION, "x")]);
+        assert_eq!(
+            GuardMark::read(&drain),
+            Some(GuardMark {
+                action: GuardAction::Drain,
+                percent: 0
+            })
+        );
+        let bare = annotations(&[(ACTION_ANNOTATION, "Observe")]);
+        assert_eq!(GuardMark::read(&bare).map(|m| m.percent), Some(0));
+        assert_eq!(
+            GuardMark::read(&annotations(&[(ACTION_ANNOTATION, "Pause")])),
+            None
+        );
+        assert_eq!(
+            GuardMark::read(&annotations(&[(PERCENT_ANNOTATION, "90")])),
+            None
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod labels;
 mod quantity;
 mod queue;
 mod ranges;
+mod reason;
 mod schema;
 mod spec;
 mod status;
@@ -13,6 +14,7 @@ pub mod worker_pod;
 pub use quantity::*;
 pub use queue::*;
 pub use ranges::*;
+pub use reason::*;
 pub use spec::*;
 pub use status::*;
 

@@ -197,6 +197,15 @@ pub struct MemoryGuard {
     pub on_oom: OnOom,
 }
 
+impl MemoryGuard {
+    /// A worker at `fraction` of its limit is at or above the threshold. The one comparison
+    /// the guard acts on and the MemoryPressure condition reports, so they never disagree at
+    /// the edge (`0.29 * 100.0` is below 29 in floating point; `29 / 100` is not above 0.29).
+    pub fn at_threshold(&self, fraction: f64) -> bool {
+        fraction >= f64::from(self.threshold) / 100.0
+    }
+}
+
 impl Default for MemoryGuard {
     fn default() -> Self {
         Self {
@@ -342,4 +351,21 @@ impl Default for Retention {
 
 fn default_failed_retention() -> i32 {
     3600
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_threshold_is_reached_at_its_exact_fraction() {
+        let guard = MemoryGuard {
+            threshold: 29,
+            ..Default::default()
+        };
+        assert!(0.29 * 100.0 < 29.0, "the float edge this guards against");
+        assert!(guard.at_threshold(0.29));
+        assert!(guard.at_threshold(0.30));
+        assert!(!guard.at_threshold(0.2899));
+    }
 }

@@ -11,6 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::BatchReason;
+
 /// Most recent failures kept in status.
 pub const MAX_FAILURES_SHOWN: usize = 10;
 /// Output locations listed in status (the rest are only counted).
@@ -90,6 +92,29 @@ pub enum Phase {
     Suspended,
 }
 
+/// A condition's status (metav1.Condition spells it `True`, `False` or `Unknown`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+
+    /// Whether `condition` has this status.
+    pub fn of(self, condition: &Condition) -> bool {
+        condition.status == self.as_str()
+    }
+}
+
 /// How many batches are in which state.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct BatchCounts {
@@ -127,7 +152,8 @@ pub struct PendingBatch {
     pub not_before: Option<Time>,
     /// Why it was queued again.
     #[serde(default)]
-    pub reason: String,
+    #[schemars(with = "String")]
+    pub reason: BatchReason,
     /// The memory limit its next Job gets when it is more than `spec.resources.memory.limit`
     /// (retried with more memory after an OOM kill).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,7 +234,8 @@ pub struct FailureRecord {
     /// The attempt number.
     pub attempt: u32,
     /// A machine-readable reason, e.g. `OOMKilled`, `Error`, `BadOutput`.
-    pub reason: String,
+    #[schemars(with = "String")]
+    pub reason: BatchReason,
     /// What went wrong, for a human.
     pub message: String,
     /// The memory limit the attempt ran with.

@@ -15,9 +15,9 @@ use serde_json::json;
 use super::events::event_for;
 use super::job::build_job;
 use super::{Context, Error};
-use crate::api::BatchRun;
 use crate::api::kube_facts::job_memory_bytes;
 use crate::api::labels::{RESULT_FINALIZER, finalizer_removal};
+use crate::api::{BatchReason, BatchRun};
 use crate::metrics::RunFigures;
 use crate::plan::{Holding, Notice, Plan, Settled};
 use crate::queues::QueueEntry;
@@ -269,7 +269,10 @@ fn count(ctx: &Context, notice: &Notice) {
         Settled::Resumed { .. } => "resumed",
         Settled::Retrying { .. } => "retried",
         Settled::SplitAfterOom { .. } => "oom_killed",
-        Settled::MoreMemory { cause, .. } if cause == "OOMKilled" => "oom_killed",
+        Settled::MoreMemory {
+            cause: BatchReason::OomKilled,
+            ..
+        } => "oom_killed",
         Settled::MoreMemory { .. } => "stopped_by_guard",
         Settled::FailedForGood { .. } => "failed",
         Settled::Stopped { .. } => "stopped_by_guard",

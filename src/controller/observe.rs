@@ -8,7 +8,7 @@ use kube::ResourceExt;
 
 use crate::api::RecordRange;
 use crate::api::kube_facts::{finished_condition, pod_ended, pod_phase, terminated};
-use crate::api::labels::{JOB_NAME, RESULT_FINALIZER, RUN_UID, batch_of, marked_action};
+use crate::api::labels::{GuardMark, JOB_NAME, RESULT_FINALIZER, RUN_UID, batch_of};
 use crate::api::worker_pod::worker_of;
 use crate::guard::resize::{resizes_of, sizes_of};
 use crate::plan::{JobFinish, JobState, NotStarted, ObservedAttempt, PodState, WorkerExit};
@@ -224,7 +224,7 @@ fn pod_state(pod: &Pod, worker_container: &str) -> PodState {
         holds_result: pod.finalizers().iter().any(|f| f == RESULT_FINALIZER),
         deleting: pod.metadata.deletion_timestamp.is_some(),
         exit,
-        guard_action: marked_action(pod.annotations()),
+        guard_action: GuardMark::read(pod.annotations()).map(|mark| mark.action),
         memory_limit: None,
         resizes: applied_resizes(pod, worker_container),
     }

@@ -12,7 +12,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::{Context, Error};
-use crate::api::{BatchQueue, BatchQueueStatus, WaitingRun, bytes_quantity};
+use crate::api::{BatchQueue, BatchQueueStatus, ConditionStatus, WaitingRun, bytes_quantity};
 use crate::metrics::QueueUsage;
 use crate::plan::{Shares, condition, share};
 use crate::queues::{budget_of, members};
@@ -55,7 +55,7 @@ pub async fn reconcile(queue: Arc<BatchQueue>, ctx: Arc<Context>) -> Result<Acti
             conditions: vec![condition(
                 &old.conditions,
                 "Ready",
-                "False",
+                ConditionStatus::False,
                 "InvalidSpec",
                 &message,
                 None,
@@ -87,13 +87,13 @@ fn queue_status(
     let waiting_batches: usize = shares.waiting.iter().map(|w| w.batches).sum();
     let saturated = if shares.waiting.is_empty() {
         (
-            "False",
+            ConditionStatus::False,
             "RoomAvailable",
             "no run waits for room".to_string(),
         )
     } else {
         (
-            "True",
+            ConditionStatus::True,
             "RunsWaiting",
             format!(
                 "{} runs wait with {waiting_batches} batches",
@@ -105,7 +105,7 @@ fn queue_status(
         condition(
             &old.conditions,
             "Ready",
-            "True",
+            ConditionStatus::True,
             "Valid",
             "the queue admits batches",
             None,

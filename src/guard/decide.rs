@@ -1,6 +1,7 @@
 //! The guard's decisions (pure): which workers to drain, restart or merely report, which
 //! earlier actions still miss their delete, and how a blind guard names the pods it cannot see.
 
+use crate::api::labels::GuardMark;
 use crate::api::{GuardAction, MemoryGuard};
 
 /// Grace period of a Restart: the worker is not expected to checkpoint.
@@ -14,17 +15,10 @@ pub const MAX_NAMED_PODS: usize = 5;
 pub struct Worker<'a> {
     pub pod: &'a str,
     /// What the guard already did to this pod, read back from its annotations.
-    pub mark: Option<Mark>,
+    pub mark: Option<GuardMark>,
     /// Latest fresh memory sample as a fraction of the pod's own limit; `None` when there is
     /// none — missing data is never read as zero.
     pub fraction: Option<f64>,
-}
-
-/// The guard's action recorded on a pod, with the percent it measured then.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Mark {
-    pub action: GuardAction,
-    pub percent: u32,
 }
 
 /// What to do with one worker.
@@ -44,13 +38,12 @@ pub struct Decision {
 
 /// New actions: unmarked workers at or above the threshold.
 pub fn decide(guard: &MemoryGuard, workers: &[Worker]) -> Vec<Decision> {
-    let threshold = f64::from(guard.threshold) / 100.0;
     workers
         .iter()
         .filter(|w| w.mark.is_none())
         .filter_map(|w| {
             let fraction = w.fraction?;
-            (fraction >= threshold).then(|| Decision {
+            guard.at_threshold(fraction).then(|| Decision {
                 pod: w.pod.to_string(),
                 action: guard.action,
                 percent: (fraction * 100.0).round() as u32,
@@ -129,7 +122,7 @@ mod tests {
     fn marked(pod: &str, action: GuardAction, fraction: Option<f64>) -> Worker<'_> {
         Worker {
             pod,
-            mark: Some(Mark {
+            mark: Some(GuardMark {
                 action,
                 percent: 91,
             }),

@@ -19,7 +19,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use super::decide::{Decision, Mark, Worker, decide, unfinished, unseen_reason};
+use super::decide::{Decision, Worker, decide, unfinished, unseen_reason};
 use super::resize::{
     Pressure, RESIZE_AT_ANNOTATION, RESIZE_TO_ANNOTATION, RESIZES_ANNOTATION, Sizes, Use,
     on_pressure, resizes_of, sizes_of,
@@ -27,9 +27,7 @@ use super::resize::{
 use super::schedule::{MAX_CONCURRENT_POLLS, to_start};
 use super::view::GuardView;
 use crate::api::kube_facts::running;
-use crate::api::labels::{
-    ACTION_ANNOTATION, JOB_NAME, PERCENT_ANNOTATION, RUN_UID, marked_action, marked_percent,
-};
+use crate::api::labels::{GuardMark, JOB_NAME, RUN_UID};
 use crate::api::worker_pod::{WorkerSpec, sdk_threshold, worker_of};
 use crate::api::{BatchQueue, BatchRun, GuardAction, Phase, bytes_quantity};
 use crate::metrics::Metrics;
@@ -447,10 +445,11 @@ impl Poller {
             decision.pod, decision.percent
         );
         if !decision.retry {
-            let mark = json!({"metadata": {"annotations": {
-                ACTION_ANNOTATION: format!("{:?}", decision.action),
-                PERCENT_ANNOTATION: decision.percent.to_string(),
-            }}});
+            let mark = GuardMark {
+                action: decision.action,
+                percent: decision.percent,
+            };
+            let mark = json!({"metadata": {"annotations": mark}});
             self.metrics.count_request("patch", "pods");
             if let Err(error) = pods
                 .patch(&decision.pod, &PatchParams::default(), &Patch::Merge(&mark))
@@ -578,11 +577,8 @@ fn running_for(pod: &Pod) -> Duration {
 }
 
 /// The guard's earlier action on a pod, from its annotations.
-fn mark_of(pod: &Pod) -> Option<Mark> {
-    Some(Mark {
-        action: marked_action(pod.annotations())?,
-        percent: marked_percent(pod.annotations()),
-    })
+fn mark_of(pod: &Pod) -> Option<GuardMark> {
+    GuardMark::read(pod.annotations())
 }
 
 /// An Event's note may hold at most 1024 characters.

@@ -6,13 +6,13 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::Phase;
+use crate::api::{ConditionStatus, Phase};
 
 /// A condition whose transition time is kept from `previous` while its status stays the same.
 pub fn condition(
     previous: &[Condition],
     type_: &str,
-    status: &str,
+    status: ConditionStatus,
     reason: &str,
     message: &str,
     generation: Option<i64>,
@@ -20,12 +20,12 @@ pub fn condition(
 ) -> Condition {
     let since = previous
         .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
+        .find(|c| c.type_ == type_ && status.of(c))
         .map(|c| c.last_transition_time.clone())
         .unwrap_or(Time(now));
     Condition {
         type_: type_.to_string(),
-        status: status.to_string(),
+        status: status.as_str().to_string(),
         reason: reason.to_string(),
         message: message.to_string(),
         observed_generation: generation,
@@ -87,45 +87,45 @@ impl RunState {
     ) -> Vec<Condition> {
         let (ready, reconciling, stalled, ended) = match self {
             RunState::Pending { message } => (
-                ("False", "Pending", message),
-                ("True", "Pending", message),
-                ("False", "Progressing", message),
+                (ConditionStatus::False, "Pending", message),
+                (ConditionStatus::True, "Pending", message),
+                (ConditionStatus::False, "Progressing", message),
                 None,
             ),
             RunState::Running { message } => (
-                ("False", "Running", message),
-                ("True", "Running", message),
-                ("False", "Progressing", message),
+                (ConditionStatus::False, "Running", message),
+                (ConditionStatus::True, "Running", message),
+                (ConditionStatus::False, "Progressing", message),
                 None,
             ),
             RunState::Suspended { message } => (
-                ("False", "Suspended", message),
-                ("False", "Suspended", message),
-                ("False", "Suspended", message),
+                (ConditionStatus::False, "Suspended", message),
+                (ConditionStatus::False, "Suspended", message),
+                (ConditionStatus::False, "Suspended", message),
                 None,
             ),
             RunState::Stalled {
                 reason, message, ..
             } => (
-                ("False", reason.as_str(), message),
-                ("False", reason.as_str(), message),
-                ("True", reason.as_str(), message),
+                (ConditionStatus::False, reason.as_str(), message),
+                (ConditionStatus::False, reason.as_str(), message),
+                (ConditionStatus::True, reason.as_str(), message),
                 None,
             ),
             RunState::Succeeded { message } => (
-                ("True", "Succeeded", message),
-                ("False", "Succeeded", message),
-                ("False", "Succeeded", message),
+                (ConditionStatus::True, "Succeeded", message),
+                (ConditionStatus::False, "Succeeded", message),
+                (ConditionStatus::False, "Succeeded", message),
                 Some(("Complete", "Succeeded", message)),
             ),
             RunState::Failed { reason, message } => (
-                ("False", reason.as_str(), message),
-                ("False", reason.as_str(), message),
-                ("True", reason.as_str(), message),
+                (ConditionStatus::False, reason.as_str(), message),
+                (ConditionStatus::False, reason.as_str(), message),
+                (ConditionStatus::True, reason.as_str(), message),
                 Some(("Failed", reason.as_str(), message)),
             ),
         };
-        let make = |type_: &str, (status, reason, message): (&str, &str, &String)| {
+        let make = |type_: &str, (status, reason, message): (ConditionStatus, &str, &String)| {
             condition(
                 previous,
                 type_,
@@ -142,7 +142,7 @@ impl RunState {
             make("Stalled", stalled),
         ];
         if let Some((type_, reason, message)) = ended {
-            conditions.push(make(type_, ("True", reason, message)));
+            conditions.push(make(type_, (ConditionStatus::True, reason, message)));
         }
         conditions
     }

@@ -5,8 +5,8 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::{
-    Aggregate, BatchRunStatus, FailureRecord, GuardStatus, MAX_FAILURES_SHOWN, MAX_OUTPUTS_SHOWN,
-    MAX_SUM_KEYS, PendingBatch, bytes_quantity, memory_bytes,
+    Aggregate, BatchReason, BatchRunStatus, FailureRecord, GuardStatus, MAX_FAILURES_SHOWN,
+    MAX_OUTPUTS_SHOWN, MAX_SUM_KEYS, PendingBatch, bytes_quantity, memory_bytes,
 };
 use crate::api::{ParseRangeSetError, RangeSet, RecordRange};
 use crate::worker::WorkerResult;
@@ -18,7 +18,7 @@ pub struct Requeued {
     pub attempt: u32,
     pub failures: u32,
     pub not_before: Option<Timestamp>,
-    pub reason: String,
+    pub reason: BatchReason,
     /// Bytes of memory limit its next Job gets, when grown past the spec's after an OOM kill.
     pub memory_limit: Option<u64>,
 }

@@ -13,7 +13,8 @@ use super::{
     stall,
 };
 use crate::api::{
-    BatchRunStatus, MemorySample, Phase, RangeSet, RecordRange, memory_bytes, universe,
+    BatchReason, BatchRunStatus, ConditionStatus, MemorySample, Phase, RangeSet, RecordRange,
+    memory_bytes, universe,
 };
 use crate::worker::WorkerResult;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -230,7 +231,7 @@ pub fn plan(observed: &Observed) -> Plan {
                     attempt: 1,
                     failures: 0,
                     not_before: None,
-                    reason: "Sized".into(),
+                    reason: BatchReason::Sized,
                     memory_limit: None,
                 }));
             }
@@ -263,7 +264,7 @@ pub fn plan(observed: &Observed) -> Plan {
             .conditions
             .iter()
             .find(|c| c.type_ == "Stalled");
-        if !was.is_some_and(|c| c.status == "True" && c.reason == stall.reason) {
+        if !was.is_some_and(|c| ConditionStatus::True.of(c) && c.reason == stall.reason) {
             plan.notices.push(Notice::Stalled {
                 reason: stall.reason.clone(),
                 message: stall.message.clone(),
@@ -380,7 +381,7 @@ fn finish_status(
     status.batches.retrying = ledger
         .pending
         .iter()
-        .filter(|p| !in_flight(p) && p.reason != "Sized")
+        .filter(|p| !in_flight(p) && p.reason != BatchReason::Sized)
         .count() as u64;
     if let Some(memory) = observed.memory {
         status.guard.peak_percent = status.guard.peak_percent.max(memory.peak_percent());
@@ -499,16 +500,16 @@ fn memory_condition(
         status.guard.peak_percent
     );
     let (value, reason, message) = match observed.memory {
-        _ if state.is_finished() => ("False", "RunFinished".to_string(), peak),
+        _ if state.is_finished() => (ConditionStatus::False, "RunFinished".to_string(), peak),
         None => (
-            "Unknown",
+            ConditionStatus::Unknown,
             "GuardOff".to_string(),
             "the operator runs without --prometheus-url: worker memory is not watched".to_string(),
         ),
         Some(RunMemory {
             blind: Some(blind), ..
         }) => (
-            "Unknown",
+            ConditionStatus::Unknown,
             "GuardBlind".to_string(),
             format!("memory guard blind since {}: {}", blind.since, blind.reason),
         ),
@@ -516,11 +517,11 @@ fn memory_condition(
             let hot = memory
                 .pods
                 .iter()
-                .filter(|(_, p)| p.fraction * 100.0 >= f64::from(threshold))
+                .filter(|(_, p)| spec.memory_guard.at_threshold(p.fraction))
                 .max_by(|a, b| a.1.fraction.total_cmp(&b.1.fraction));
             match hot {
                 Some((pod, p)) => (
-                    "True",
+                    ConditionStatus::True,
                     "AboveThreshold".to_string(),
                     format!(
                         "pod {pod} at {:.0}% of its {} limit (threshold {threshold}%)",
@@ -535,7 +536,7 @@ fn memory_condition(
                         .map(|a| format!("; last action: {a}"))
                         .unwrap_or_default();
                     (
-                        "False",
+                        ConditionStatus::False,
                         "BelowThreshold".to_string(),
                         format!("{peak}{last}"),
                     )
@@ -564,13 +565,13 @@ fn queued_condition(
 ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
     let (value, reason, message) = match &seat.waiting {
         _ if state.is_finished() => (
-            "False",
+            ConditionStatus::False,
             "RunFinished".to_string(),
             format!("the run no longer uses queue {}", seat.queue),
         ),
-        Some((reason, message)) => ("True", reason.clone(), message.clone()),
+        Some((reason, message)) => (ConditionStatus::True, reason.clone(), message.clone()),
         None => (
-            "False",
+            ConditionStatus::False,
             "Admitted".to_string(),
             format!(
                 "queue {} admits every batch the run can start now",

@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use super::*;
 
 use crate::api::{
-    BatchRunSpec, BatchRunStatus, InputSpec, MemoryResources, Phase, RecordRange, RecordRangeSpec,
-    WorkerResources,
+    BatchReason, BatchRunSpec, BatchRunStatus, InputSpec, MemoryResources, Phase, RecordRange,
+    RecordRangeSpec, WorkerResources,
 };
 
 fn spec(end: i64, batch_size: u64, parallelism: u32) -> BatchRunSpec {
@@ -268,7 +268,7 @@ fn a_failed_batch_is_retried_after_its_backoff() {
         (status.pending[0].attempt, status.pending[0].failures),
         (2, 1)
     );
-    assert_eq!(status.failures[0].reason, "Error");
+    assert_eq!(status.failures[0].reason, BatchReason::from("Error"));
     assert!(status.failures[0].message.contains("boom"));
     let wait = status.pending[0]
         .not_before
@@ -545,7 +545,7 @@ fn later_batches_shrink_to_fit_the_memory_learned_from_finished_ones() {
         1,
         "an off-grid cut is remembered before its Job exists"
     );
-    assert_eq!(status.pending[0].reason, "Sized");
+    assert_eq!(status.pending[0].reason, BatchReason::Sized);
     assert_eq!(status.batches.retrying, 0);
 }
 
@@ -686,6 +686,37 @@ fn memory_pressure_condition_follows_the_guard() {
         blind.status.as_ref().unwrap().guard.peak_percent,
         91,
         "the peak survives a blind spell"
+    );
+}
+
+#[test]
+fn memory_pressure_is_reported_at_the_threshold_where_the_guard_acts() {
+    // 0.29 * 100.0 is 28.999…: the condition once said False where the guard drained.
+    let mut spec = spec(100, 10, 2);
+    spec.memory_guard.threshold = 29;
+    let mut sim = Sim::new(spec);
+    sim.reconcile();
+    sim.memory = Some(RunMemory {
+        pods: [(
+            "pod-0-1".to_string(),
+            PodMemory {
+                fraction: 0.29,
+                peak_fraction: 0.29,
+                ..Default::default()
+            },
+        )]
+        .into(),
+        ..Default::default()
+    });
+    let plan = sim.reconcile();
+    let pressure = plan
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "MemoryPressure"))
+        .unwrap();
+    assert_eq!(
+        (pressure.status.as_str(), pressure.reason.as_str()),
+        ("True", "AboveThreshold")
     );
 }
 

@@ -2,7 +2,7 @@
 //! back to the queue as fresh attempts, once per distinct annotation value (pure).
 
 use super::{Ledger, ObservedAttempt, Requeued};
-use crate::api::{RangeSet, RecordRange};
+use crate::api::{BatchReason, RangeSet, RecordRange};
 
 /// Queues every failed range again, cut into batches of `batch_size`, and forgets that they
 /// failed (their failure records stay, as history). Returns how many batches were queued.
@@ -36,7 +36,7 @@ pub fn rerun_failed(ledger: &mut Ledger, attempts: &[ObservedAttempt], batch_siz
                 attempt: last_attempt + 1,
                 failures: 0,
                 not_before: None,
-                reason: "Retried".into(),
+                reason: BatchReason::Retried,
                 memory_limit: None,
             });
             queued += 1;

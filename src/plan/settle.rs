@@ -5,7 +5,9 @@ use jiff::Timestamp;
 
 use super::{Ledger, ObservedAttempt, Requeued, retry_delay};
 use crate::api::RecordRange;
-use crate::api::{FailureRecord, GuardAction, OnOom, OnPressure, RetryPolicy, bytes_quantity};
+use crate::api::{
+    BatchReason, FailureRecord, GuardAction, OnOom, OnPressure, RetryPolicy, bytes_quantity,
+};
 use crate::worker::{BadOutput, MemorySeen, WorkerResult};
 
 /// Longest failure message kept in status.
@@ -22,7 +24,7 @@ pub enum Outcome {
     Finished(WorkerResult),
     /// The attempt failed; `partial` holds what a checkpointing worker finished first.
     Failed {
-        reason: String,
+        reason: BatchReason,
         message: String,
         partial: Option<WorkerResult>,
     },
@@ -42,7 +44,7 @@ pub enum Settled {
         remainder: RecordRange,
     },
     Retrying {
-        reason: String,
+        reason: BatchReason,
         message: String,
         delay_seconds: u64,
     },
@@ -52,13 +54,13 @@ pub enum Settled {
     /// The records run again whole with a larger memory limit (bytes `from` to `to`), after
     /// an OOM kill or after the guard stopped a worker that could not finish one record.
     MoreMemory {
-        cause: String,
+        cause: BatchReason,
         remainder: RecordRange,
         from: u64,
         to: u64,
     },
     FailedForGood {
-        reason: String,
+        reason: BatchReason,
         message: String,
     },
     Stopped {
@@ -107,7 +109,7 @@ pub fn outcome_of(attempt: &ObservedAttempt) -> Option<Outcome> {
                 format!(": {}", exit.message.trim())
             };
             Outcome::Failed {
-                reason: non_empty(&exit.reason, "Error"),
+                reason: non_empty(&exit.reason, "Error").into(),
                 message: format!("worker exited with code {}{detail}", exit.exit_code),
                 partial,
             }
@@ -120,7 +122,7 @@ pub fn outcome_of(attempt: &ObservedAttempt) -> Option<Outcome> {
         .as_ref()
         .filter(|f| f.failed)?;
     Some(Outcome::Failed {
-        reason: non_empty(&finish.reason, "JobFailed"),
+        reason: non_empty(&finish.reason, "JobFailed").into(),
         message: format!(
             "the Job failed before its worker reported a result: {}",
             finish.message
@@ -131,7 +133,7 @@ pub fn outcome_of(attempt: &ObservedAttempt) -> Option<Outcome> {
 
 fn bad_output(bad: BadOutput) -> Outcome {
     Outcome::Failed {
-        reason: "BadOutput".into(),
+        reason: BatchReason::BadOutput,
         message: bad.to_string(),
         partial: None,
     }
@@ -191,24 +193,24 @@ fn settle_with(
     let ran_with = ran.memory_limit.unwrap_or(policy.limit_bytes);
     // What is queued again keeps the memory the attempt was grown to.
     let kept = ran.memory_limit.filter(|m| *m > policy.limit_bytes);
-    let requeue = |range, reason: &str, failures, delay: std::time::Duration| Requeued {
+    let requeue = |range, reason: BatchReason, failures, delay: std::time::Duration| Requeued {
         range,
         attempt: attempt + 1,
         failures,
         not_before: (!delay.is_zero()).then(|| now + delay),
-        reason: reason.to_string(),
+        reason,
         memory_limit: kept,
     };
     // Runs `rest` again whole with more memory, when the ceiling leaves room.
-    let grow = |ledger: &mut Ledger, rest: RecordRange, cause: &str| {
+    let grow = |ledger: &mut Ledger, rest: RecordRange, cause: BatchReason| {
         let max = policy.max_bytes.filter(|max| ran_with < *max)?;
         let to = ran_with.saturating_mul(MEMORY_GROWTH).min(max);
         ledger.pending.push(Requeued {
             memory_limit: Some(to),
-            ..requeue(rest, cause, failures, Default::default())
+            ..requeue(rest, cause.clone(), failures, Default::default())
         });
         Some(Settled::MoreMemory {
-            cause: cause.to_string(),
+            cause,
             remainder: rest,
             from: ran_with,
             to,
@@ -228,9 +230,12 @@ fn settle_with(
             }
             ledger.drained += 1;
             for part in pieces(remainder, policy.on_pressure) {
-                ledger
-                    .pending
-                    .push(requeue(part, "Resumed", failures, Default::default()));
+                ledger.pending.push(requeue(
+                    part,
+                    BatchReason::Resumed,
+                    failures,
+                    Default::default(),
+                ));
             }
             Settled::Resumed { remainder }
         }
@@ -261,7 +266,7 @@ fn settle_with(
                 (true, _) => vec![rest],
                 (false, _) if rest.len() > 1 => rest.halves().to_vec(),
                 (false, _) => {
-                    if let Some(more) = grow(ledger, rest, "MemoryPressure") {
+                    if let Some(more) = grow(ledger, rest, BatchReason::MemoryPressure) {
                         return more;
                     }
                     ledger.failed.insert(rest);
@@ -276,25 +281,27 @@ fn settle_with(
                     ledger.record_failure(FailureRecord {
                         range: rest.to_string(),
                         attempt,
-                        reason: "MemoryPressure".into(),
+                        reason: BatchReason::MemoryPressure,
                         message: message.clone(),
                         memory_limit: Some(bytes_quantity(ran_with)),
                     });
                     return Settled::FailedForGood {
-                        reason: "MemoryPressure".into(),
+                        reason: BatchReason::MemoryPressure,
                         message,
                     };
                 }
             };
-            let reason = if action == GuardAction::Restart {
-                "Restarted"
-            } else {
-                "Drained"
+            let reason = match action {
+                GuardAction::Restart => BatchReason::Restarted,
+                _ => BatchReason::Drained,
             };
             for piece in &pieces {
-                ledger
-                    .pending
-                    .push(requeue(*piece, reason, failures, Default::default()));
+                ledger.pending.push(requeue(
+                    *piece,
+                    reason.clone(),
+                    failures,
+                    Default::default(),
+                ));
             }
             match in_process {
                 Some(seen) => Settled::DrainedInProcess {
@@ -321,7 +328,7 @@ fn settle_with(
                 }
             }
             let message = truncate(&message, MAX_FAILURE_MESSAGE);
-            let oom = reason == "OOMKilled";
+            let oom = reason == BatchReason::OomKilled;
             // One record cannot be split: it can only get more memory, up to the ceiling.
             let past_ceiling = policy
                 .max_bytes
@@ -352,7 +359,7 @@ fn settle_with(
                     return Settled::FailedForGood { reason, message };
                 }
                 if policy.on_oom == OnOom::Grow || rest.len() == 1 {
-                    if let Some(more) = grow(ledger, rest, "OOMKilled") {
+                    if let Some(more) = grow(ledger, rest, BatchReason::OomKilled) {
                         return more;
                     }
                 }
@@ -361,7 +368,7 @@ fn settle_with(
                     for half in halves {
                         ledger.pending.push(requeue(
                             half,
-                            "OOMKilled",
+                            BatchReason::OomKilled,
                             failures,
                             Default::default(),
                         ));
@@ -382,7 +389,9 @@ fn settle_with(
                 failures,
                 (policy.seed, rest, attempt),
             );
-            ledger.pending.push(requeue(rest, &reason, failures, delay));
+            ledger
+                .pending
+                .push(requeue(rest, reason.clone(), failures, delay));
             Settled::Retrying {
                 reason,
                 message,
@@ -394,7 +403,7 @@ fn settle_with(
 
 fn bad_output_text(message: String) -> Outcome {
     Outcome::Failed {
-        reason: "BadOutput".into(),
+        reason: BatchReason::BadOutput,
         message,
         partial: None,
     }
@@ -523,7 +532,7 @@ mod tests {
         else {
             panic!("expected a failure");
         };
-        assert_eq!(reason, "BadOutput");
+        assert_eq!(reason, BatchReason::BadOutput);
         assert!(message.contains("wrote no result"), "{message}");
     }
 
@@ -537,7 +546,7 @@ mod tests {
         else {
             panic!("expected a failure");
         };
-        assert_eq!(reason, "OOMKilled");
+        assert_eq!(reason, BatchReason::OomKilled);
         assert_eq!(message, "worker exited with code 137");
         assert_eq!(partial, None);
     }
@@ -564,7 +573,7 @@ mod tests {
         let Outcome::Failed { reason, .. } = outcome_of(&attempt).unwrap() else {
             panic!()
         };
-        assert_eq!(reason, "DeadlineExceeded");
+        assert_eq!(reason, BatchReason::from("DeadlineExceeded"));
     }
 
     #[test]
@@ -637,7 +646,7 @@ mod tests {
                 now(),
             );
             assert!(
-                matches!(settled, Settled::Retrying { ref reason, .. } if reason == "BadOutput"),
+                matches!(settled, Settled::Retrying { ref reason, .. } if *reason == BatchReason::BadOutput),
                 "{settled:?}"
             );
             assert_eq!(ledger.pending[0].failures, attempt, "failures add up");
@@ -821,7 +830,7 @@ mod tests {
         let Settled::FailedForGood { reason, message } = settled else {
             panic!("{settled:?}")
         };
-        assert_eq!(reason, "OOMKilled");
+        assert_eq!(reason, BatchReason::OomKilled);
         assert!(
             message.contains("record 7 needs more memory than the 6Gi ceiling")
                 && message.contains("OOM-killed at 6Gi"),
@@ -1027,7 +1036,7 @@ mod tests {
         let Settled::FailedForGood { reason, message } = settled else {
             panic!("{settled:?}")
         };
-        assert_eq!(reason, "MemoryPressure");
+        assert_eq!(reason, BatchReason::MemoryPressure);
         assert!(
             message.contains("record 0 alone needs more than 85% of its 2Gi memory limit"),
             "{message}"
@@ -1075,7 +1084,7 @@ mod tests {
         assert_eq!(ledger.aggregate.records, 30);
         assert_eq!((ledger.guard.drains, ledger.drained), (1, 1));
         assert_eq!(ledger.guard.peak_percent, 87);
-        assert_eq!(ledger.pending[0].reason, "Drained");
+        assert_eq!(ledger.pending[0].reason, BatchReason::Drained);
         assert!(ledger.failures.is_empty(), "a drain is not a failure");
     }
 
@@ -1127,7 +1136,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(reason, "BadOutput");
+        assert_eq!(reason, BatchReason::BadOutput);
         assert!(message.contains("stoppedFor"), "{message}");
     }
 
