@@ -1,12 +1,14 @@
 //! Phase and conditions, by Kubernetes API conventions and the kstatus rules that Argo CD,
 //! Flux and `kubectl wait` read: `Reconciling=True` while work is under way, `Stalled=True` when
 //! the run cannot make progress, `Ready=True` only when it succeeded; `Complete` and `Failed`
-//! are added when the run ends, like a Job's.
+//! are added when the run ends, like a Job's. `MemoryPressure` and `Queued` say what the guard
+//! and the run's queue see.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{ConditionStatus, Phase};
+use super::{Observed, RunMemory, Seat};
+use crate::api::{BatchRunStatus, ConditionStatus, Phase};
 
 /// A condition whose transition time is kept from `previous` while its status stays the same.
 pub fn condition(
@@ -146,6 +148,112 @@ impl RunState {
         }
         conditions
     }
+}
+
+/// `MemoryPressure`: True while a worker is at or above the threshold, Unknown while the guard
+/// is blind or off, False otherwise; the message carries the measured percent.
+pub(super) fn memory_condition(
+    observed: &Observed,
+    state: &RunState,
+    status: &BatchRunStatus,
+    previous: &[Condition],
+) -> Condition {
+    let spec = observed.spec;
+    let threshold = spec.memory_guard.threshold;
+    let limit = &spec.resources.memory.limit;
+    let peak = format!(
+        "peak {}% of the {limit} limit (threshold {threshold}%)",
+        status.guard.peak_percent
+    );
+    let (value, reason, message) = match observed.memory {
+        _ if state.is_finished() => (ConditionStatus::False, "RunFinished".to_string(), peak),
+        None => (
+            ConditionStatus::Unknown,
+            "GuardOff".to_string(),
+            "the operator runs without --prometheus-url: worker memory is not watched".to_string(),
+        ),
+        Some(RunMemory {
+            blind: Some(blind), ..
+        }) => (
+            ConditionStatus::Unknown,
+            "GuardBlind".to_string(),
+            format!("memory guard blind since {}: {}", blind.since, blind.reason),
+        ),
+        Some(memory) => {
+            let hot = memory
+                .pods
+                .iter()
+                .filter(|(_, p)| spec.memory_guard.at_threshold(p.fraction))
+                .max_by(|a, b| a.1.fraction.total_cmp(&b.1.fraction));
+            match hot {
+                Some((pod, p)) => (
+                    ConditionStatus::True,
+                    "AboveThreshold".to_string(),
+                    format!(
+                        "pod {pod} at {:.0}% of its {} limit (threshold {threshold}%)",
+                        p.fraction * 100.0,
+                        if p.limit.is_empty() { limit } else { &p.limit },
+                    ),
+                ),
+                None => {
+                    let last = memory
+                        .last_action
+                        .as_ref()
+                        .map(|a| format!("; last action: {a}"))
+                        .unwrap_or_default();
+                    (
+                        ConditionStatus::False,
+                        "BelowThreshold".to_string(),
+                        format!("{peak}{last}"),
+                    )
+                }
+            }
+        }
+    };
+    condition(
+        previous,
+        "MemoryPressure",
+        value,
+        &reason,
+        &message,
+        Some(observed.generation),
+        observed.now,
+    )
+}
+
+/// `Queued`: True while batches of the run wait for room in its BatchQueue, with what they
+/// wait for; False once everything the run can start is admitted.
+pub(super) fn queued_condition(
+    observed: &Observed,
+    seat: &Seat,
+    state: &RunState,
+    previous: &[Condition],
+) -> Condition {
+    let (value, reason, message) = match &seat.waiting {
+        _ if state.is_finished() => (
+            ConditionStatus::False,
+            "RunFinished".to_string(),
+            format!("the run no longer uses queue {}", seat.queue),
+        ),
+        Some((reason, message)) => (ConditionStatus::True, reason.clone(), message.clone()),
+        None => (
+            ConditionStatus::False,
+            "Admitted".to_string(),
+            format!(
+                "queue {} admits every batch the run can start now",
+                seat.queue
+            ),
+        ),
+    };
+    condition(
+        previous,
+        "Queued",
+        value,
+        &reason,
+        &message,
+        Some(observed.generation),
+        observed.now,
+    )
 }
 
 #[cfg(test)]

@@ -9,12 +9,12 @@ use std::time::Duration;
 use super::RunMemory;
 use super::{
     Ledger, MemoryModel, Observed, ObservedAttempt, Outcome, Ran, Requeued, RunState, SettlePolicy,
-    Settled, clean_up, fresh_batches, outcome_of, rerun_failed, settle, sized_batches, sizing,
-    stall,
+    Settled, clean_up, fresh_batches, memory_condition, outcome_of, queued_condition, rerun_failed,
+    settle, sized_batches, sizing, stall,
 };
 use crate::api::{
-    BatchReason, BatchRunStatus, ConditionStatus, MemorySample, Phase, RangeSet, RecordRange,
-    memory_bytes, universe,
+    BatchReason, BatchRunSpec, BatchRunStatus, ConditionStatus, MemorySample, Phase, RangeSet,
+    RecordRange, memory_bytes, universe,
 };
 use crate::worker::WorkerResult;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -56,7 +56,7 @@ pub enum Notice {
 }
 
 /// The actions of one reconcile.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
     /// The status to write, when it differs from the observed one.
     pub status: Option<BatchRunStatus>,
@@ -73,46 +73,72 @@ pub struct Plan {
 }
 
 pub fn plan(observed: &Observed) -> Plan {
-    let spec = observed.spec;
-    let now = observed.now;
-    let mut plan = Plan {
-        status: None,
-        release: vec![],
-        remove_jobs: vec![],
-        stop: vec![],
-        launch: vec![],
-        notices: vec![],
-        requeue_after: None,
-    };
+    let mut plan = Plan::default();
     let mut ledger = match Ledger::from_status(observed.status) {
         Ok(ledger) => ledger,
-        Err(err) => {
-            let state = RunState::Failed {
-                reason: "InvalidStatus".into(),
-                message: format!("status cannot be read: {err}"),
-            };
-            plan.status = changed(
-                observed.status,
-                finish_status(observed, &Ledger::default(), &state, 0),
-            );
-            return plan;
-        }
+        Err(err) => return unreadable_status(observed, &err.to_string()),
     };
-    if let Some(request) = observed.retry_request
-        && ledger.retried_failed.as_deref() != Some(request)
-    {
-        let batches = rerun_failed(&mut ledger, observed.attempts, spec.input.batch_size);
-        ledger.retried_failed = Some(request.to_string());
+    if let Some(batches) = rerun_if_asked(observed, &mut ledger) {
         plan.notices.push(Notice::Retried { batches });
     }
-    let universe = universe(spec);
-    let limit_bytes = memory_bytes(&spec.resources.memory.limit).unwrap_or(0);
-    let policy = SettlePolicy {
+    let mut attempts: Vec<&ObservedAttempt> = observed.attempts.iter().collect();
+    attempts.sort_by_key(|a| (a.range, a.attempt));
+    let ended: Vec<(&ObservedAttempt, Outcome)> = attempts
+        .iter()
+        .filter_map(|a| Some((*a, outcome_of(a)?)))
+        .collect();
+    settle_ended(observed, &mut ledger, &ended, &mut plan);
+    release_ended(observed, &ended, &mut plan);
+    let alive = attempts.iter().filter(|a| a.is_alive()).count();
+    let failing = ledger.failed_batches > u64::from(observed.spec.retry.max_failed_batches);
+    launch(
+        observed,
+        &mut ledger,
+        &attempts,
+        (alive, failing),
+        &mut plan,
+    );
+    let running = alive + plan.launch.len();
+    finish(observed, &ledger, (running, failing), &mut plan);
+    plan
+}
+
+/// A status the planner cannot read fails the run, saying why.
+fn unreadable_status(observed: &Observed, err: &str) -> Plan {
+    let state = RunState::Failed {
+        reason: "InvalidStatus".into(),
+        message: format!("status cannot be read: {err}"),
+    };
+    Plan {
+        status: changed(
+            observed.status,
+            finish_status(observed, &Ledger::default(), &state, 0),
+        ),
+        ..Plan::default()
+    }
+}
+
+/// Queues the failed ranges again when a user asked and this request was not acted on yet;
+/// returns how many batches that made.
+fn rerun_if_asked(observed: &Observed, ledger: &mut Ledger) -> Option<usize> {
+    let request = observed.retry_request?;
+    if ledger.retried_failed.as_deref() == Some(request) {
+        return None;
+    }
+    let batches = rerun_failed(ledger, observed.attempts, observed.spec.input.batch_size);
+    ledger.retried_failed = Some(request.to_string());
+    Some(batches)
+}
+
+/// The parts of the spec that settling reads.
+fn settle_policy<'a>(observed: &Observed<'a>) -> SettlePolicy<'a> {
+    let spec = observed.spec;
+    SettlePolicy {
         retry: &spec.retry,
         on_pressure: spec.memory_guard.on_pressure,
         on_oom: spec.memory_guard.on_oom,
         threshold: spec.memory_guard.threshold,
-        limit_bytes,
+        limit_bytes: limit_bytes(spec),
         max_bytes: spec
             .resources
             .memory
@@ -121,47 +147,65 @@ pub fn plan(observed: &Observed) -> Plan {
             .and_then(|m| memory_bytes(m).ok()),
         items: spec.input.items.as_deref(),
         seed: observed.run_uid,
-    };
+    }
+}
 
-    // Settle every attempt whose worker ended and whose result is not in the ledger yet.
+fn limit_bytes(spec: &BatchRunSpec) -> u64 {
+    memory_bytes(&spec.resources.memory.limit).unwrap_or(0)
+}
+
+/// Settles every ended attempt whose result is not in the ledger yet, learning the worker's
+/// memory from finished ones.
+fn settle_ended(
+    observed: &Observed,
+    ledger: &mut Ledger,
+    ended: &[(&ObservedAttempt, Outcome)],
+    plan: &mut Plan,
+) {
+    let spec = observed.spec;
+    let policy = settle_policy(observed);
+    let limit_bytes = policy.limit_bytes;
     let covered = ledger.covered();
-    let mut attempts: Vec<&ObservedAttempt> = observed.attempts.iter().collect();
-    attempts.sort_by_key(|a| (a.range, a.attempt));
-    for attempt in &attempts {
-        let Some(outcome) = outcome_of(attempt) else {
+    for (attempt, outcome) in ended {
+        if !ledger.awaits(&covered, attempt.range, attempt.attempt) {
             continue;
-        };
-        if ledger.awaits(&covered, attempt.range, attempt.attempt) {
-            if let Outcome::Finished(result) = &outcome {
-                let near = sizing::near_threshold_bytes(spec, limit_bytes);
-                learn_memory(
-                    &mut ledger,
-                    observed.memory,
-                    attempt,
-                    result,
-                    (limit_bytes, near),
-                );
-            }
-            let ran = Ran {
-                range: attempt.range,
-                attempt: attempt.attempt,
-                memory_limit: attempt.memory_limit(),
-            };
-            // Resizes are counted once, with the attempt's result.
-            ledger.guard.resizes += attempt
-                .pods
-                .iter()
-                .map(|p| u64::from(p.resizes))
-                .sum::<u64>();
-            let settled = settle(&mut ledger, ran, outcome.clone(), &policy, now);
-            plan.notices.push(Notice::Settled {
-                range: attempt.range,
-                attempt: attempt.attempt,
-                settled,
-            });
         }
+        if let Outcome::Finished(result) = outcome {
+            let near = sizing::near_threshold_bytes(spec, limit_bytes);
+            learn_memory(
+                ledger,
+                observed.memory,
+                attempt,
+                result,
+                (limit_bytes, near),
+            );
+        }
+        let ran = Ran {
+            range: attempt.range,
+            attempt: attempt.attempt,
+            memory_limit: attempt.memory_limit(),
+        };
+        // Resizes are counted once, with the attempt's result.
+        ledger.guard.resizes += attempt
+            .pods
+            .iter()
+            .map(|p| u64::from(p.resizes))
+            .sum::<u64>();
+        let settled = settle(ledger, ran, outcome.clone(), &policy, observed.now);
+        plan.notices.push(Notice::Settled {
+            range: attempt.range,
+            attempt: attempt.attempt,
+            settled,
+        });
+    }
+}
+
+/// Result finalizers to release, Jobs past their retention, and pods still running beside
+/// an ended worker.
+fn release_ended(observed: &Observed, ended: &[(&ObservedAttempt, Outcome)], plan: &mut Plan) {
+    for (attempt, outcome) in ended {
         let failed = matches!(outcome, Outcome::Failed { .. });
-        let cleanup = clean_up(attempt, failed, &spec.retention, now);
+        let cleanup = clean_up(attempt, failed, &observed.spec.retention, observed.now);
         plan.release.extend(cleanup.release);
         plan.remove_jobs.extend(cleanup.remove_job);
         plan.stop.extend(cleanup.stop);
@@ -169,11 +213,18 @@ pub fn plan(observed: &Observed) -> Plan {
             plan.requeue_after = earliest(plan.requeue_after, after);
         }
     }
+}
 
-    // Launch within the parallelism cap: queued ranges first, then fresh grid cells; after a
-    // refused Job creation, not before the refusal's backoff has passed.
-    let alive = attempts.iter().filter(|a| a.is_alive()).count();
-    let failing = ledger.failed_batches > u64::from(spec.retry.max_failed_batches);
+/// Launches within the parallelism cap: queued ranges first, then fresh grid cells; after a
+/// refused Job creation, not before the refusal's backoff has passed.
+fn launch(
+    observed: &Observed,
+    ledger: &mut Ledger,
+    attempts: &[&ObservedAttempt],
+    (alive, failing): (usize, bool),
+    plan: &mut Plan,
+) {
+    let (spec, now) = (observed.spec, observed.now);
     let backing_off = observed.refused.map(|r| r.retry_at).filter(|t| *t > now);
     if let Some(retry_at) = backing_off {
         plan.requeue_after = earliest(
@@ -186,75 +237,109 @@ pub fn plan(observed: &Observed) -> Plan {
         if let Some(seat) = &observed.seat {
             room = room.min(seat.granted);
         }
-        let mut ready: Vec<_> = ledger
-            .pending
-            .iter()
-            .filter(|p| {
-                !attempts
-                    .iter()
-                    .any(|a| a.range == p.range && a.attempt == p.attempt)
-            })
-            .collect();
-        ready.sort_by_key(|p| (p.not_before, p.range));
-        for entry in ready {
-            match entry.not_before.filter(|t| *t > now) {
-                Some(later) => {
-                    plan.requeue_after =
-                        earliest(plan.requeue_after, later.duration_since(now).unsigned_abs())
-                }
-                None if room > 0 => {
-                    plan.launch.push(Launch {
-                        range: entry.range,
-                        attempt: entry.attempt,
-                        memory_limit: entry.memory_limit,
-                    });
-                    room -= 1;
-                }
-                None => {}
-            }
-        }
+        room = launch_queued(observed, ledger, attempts, room, plan);
         if ledger.pending.len() < MAX_PENDING {
-            let mut occupied: RangeSet = attempts.iter().map(|a| a.range).collect();
-            occupied.union(&ledger.covered());
-            let size = sizing::batch_size(spec, learned(&ledger.guard), limit_bytes);
-            ledger.guard.batch_size = size;
-            let fresh = if size < spec.input.batch_size {
-                sized_batches(universe, size, &occupied, room)
-            } else {
-                fresh_batches(universe, size, &occupied, room)
-            };
-            if size < spec.input.batch_size {
-                // Off the fixed grid, a cut is only safe to repeat if it is remembered: it is
-                // written to the status before its Job is created.
-                ledger.pending.extend(fresh.iter().map(|range| Requeued {
-                    range: *range,
-                    attempt: 1,
-                    failures: 0,
-                    not_before: None,
-                    reason: BatchReason::Sized,
-                    memory_limit: None,
-                }));
-            }
-            plan.launch.extend(fresh.into_iter().map(|range| Launch {
-                range,
-                attempt: 1,
-                memory_limit: None,
-            }));
+            launch_fresh(observed, ledger, attempts, room, plan);
         }
     }
-
     if observed.seat.as_ref().is_some_and(|s| s.waiting.is_some()) {
         // Room in a queue frees up without an event on this run: look again soon.
         plan.requeue_after = earliest(plan.requeue_after, QUEUE_POLL);
     }
+}
 
-    let running = alive + plan.launch.len();
-    let mut state = run_state(observed, &ledger, universe, running, failing);
+/// Launches the queued ranges whose backoff has passed, oldest due first; returns the room
+/// left.
+fn launch_queued(
+    observed: &Observed,
+    ledger: &Ledger,
+    attempts: &[&ObservedAttempt],
+    mut room: usize,
+    plan: &mut Plan,
+) -> usize {
+    let now = observed.now;
+    let mut ready: Vec<_> = ledger
+        .pending
+        .iter()
+        .filter(|p| {
+            !attempts
+                .iter()
+                .any(|a| a.range == p.range && a.attempt == p.attempt)
+        })
+        .collect();
+    ready.sort_by_key(|p| (p.not_before, p.range));
+    for entry in ready {
+        match entry.not_before.filter(|t| *t > now) {
+            Some(later) => {
+                plan.requeue_after =
+                    earliest(plan.requeue_after, later.duration_since(now).unsigned_abs())
+            }
+            None if room > 0 => {
+                plan.launch.push(Launch {
+                    range: entry.range,
+                    attempt: entry.attempt,
+                    memory_limit: entry.memory_limit,
+                });
+                room -= 1;
+            }
+            None => {}
+        }
+    }
+    room
+}
+
+/// Cuts fresh batches from the records no attempt holds yet, at the learned size.
+fn launch_fresh(
+    observed: &Observed,
+    ledger: &mut Ledger,
+    attempts: &[&ObservedAttempt],
+    room: usize,
+    plan: &mut Plan,
+) {
+    let spec = observed.spec;
+    let universe = universe(spec);
+    let mut occupied: RangeSet = attempts.iter().map(|a| a.range).collect();
+    occupied.union(&ledger.covered());
+    let size = sizing::batch_size(spec, learned(&ledger.guard), limit_bytes(spec));
+    ledger.guard.batch_size = size;
+    let fresh = if size < spec.input.batch_size {
+        sized_batches(universe, size, &occupied, room)
+    } else {
+        fresh_batches(universe, size, &occupied, room)
+    };
+    if size < spec.input.batch_size {
+        // Off the fixed grid, a cut is only safe to repeat if it is remembered: it is
+        // written to the status before its Job is created.
+        ledger.pending.extend(fresh.iter().map(|range| Requeued {
+            range: *range,
+            attempt: 1,
+            failures: 0,
+            not_before: None,
+            reason: BatchReason::Sized,
+            memory_limit: None,
+        }));
+    }
+    plan.launch.extend(fresh.into_iter().map(|range| Launch {
+        range,
+        attempt: 1,
+        memory_limit: None,
+    }));
+}
+
+/// Where the run stands now, stalled or not, with the notices and the status that says so.
+fn finish(
+    observed: &Observed,
+    ledger: &Ledger,
+    (running, failing): (usize, bool),
+    plan: &mut Plan,
+) {
+    let universe = universe(observed.spec);
+    let mut state = run_state(observed, ledger, universe, running, failing);
     let (stall, recheck) = stall(observed);
     if let Some(after) = recheck {
         plan.requeue_after = earliest(plan.requeue_after, after);
     }
-    if let (Some(stall), false) = (stall, state.is_finished() || spec.suspend) {
+    if let (Some(stall), false) = (stall, state.is_finished() || observed.spec.suspend) {
         let progress = match &state {
             RunState::Pending { message } | RunState::Running { message } => message.clone(),
             _ => String::new(),
@@ -286,9 +371,8 @@ pub fn plan(observed: &Observed) -> Plan {
     }
     plan.status = changed(
         observed.status,
-        finish_status(observed, &ledger, &state, running),
+        finish_status(observed, ledger, &state, running),
     );
-    plan
 }
 
 fn run_state(
@@ -430,12 +514,8 @@ pub fn plan_invalid(observed: &Observed, message: String) -> Plan {
     };
     Plan {
         status: changed(observed.status, finish_status(observed, &ledger, &state, 0)),
-        release: vec![],
-        remove_jobs: vec![],
-        stop: vec![],
-        launch: vec![],
         notices,
-        requeue_after: None,
+        ..Plan::default()
     }
 }
 
@@ -482,110 +562,4 @@ fn learned(guard: &crate::api::GuardStatus) -> Option<MemoryModel> {
         baseline_bytes: guard.baseline_bytes,
         bytes_per_record: guard.bytes_per_record,
     })
-}
-
-/// `MemoryPressure`: True while a worker is at or above the threshold, Unknown while the guard
-/// is blind or off, False otherwise; the message carries the measured percent.
-fn memory_condition(
-    observed: &Observed,
-    state: &RunState,
-    status: &BatchRunStatus,
-    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-    let spec = observed.spec;
-    let threshold = spec.memory_guard.threshold;
-    let limit = &spec.resources.memory.limit;
-    let peak = format!(
-        "peak {}% of the {limit} limit (threshold {threshold}%)",
-        status.guard.peak_percent
-    );
-    let (value, reason, message) = match observed.memory {
-        _ if state.is_finished() => (ConditionStatus::False, "RunFinished".to_string(), peak),
-        None => (
-            ConditionStatus::Unknown,
-            "GuardOff".to_string(),
-            "the operator runs without --prometheus-url: worker memory is not watched".to_string(),
-        ),
-        Some(RunMemory {
-            blind: Some(blind), ..
-        }) => (
-            ConditionStatus::Unknown,
-            "GuardBlind".to_string(),
-            format!("memory guard blind since {}: {}", blind.since, blind.reason),
-        ),
-        Some(memory) => {
-            let hot = memory
-                .pods
-                .iter()
-                .filter(|(_, p)| spec.memory_guard.at_threshold(p.fraction))
-                .max_by(|a, b| a.1.fraction.total_cmp(&b.1.fraction));
-            match hot {
-                Some((pod, p)) => (
-                    ConditionStatus::True,
-                    "AboveThreshold".to_string(),
-                    format!(
-                        "pod {pod} at {:.0}% of its {} limit (threshold {threshold}%)",
-                        p.fraction * 100.0,
-                        if p.limit.is_empty() { limit } else { &p.limit },
-                    ),
-                ),
-                None => {
-                    let last = memory
-                        .last_action
-                        .as_ref()
-                        .map(|a| format!("; last action: {a}"))
-                        .unwrap_or_default();
-                    (
-                        ConditionStatus::False,
-                        "BelowThreshold".to_string(),
-                        format!("{peak}{last}"),
-                    )
-                }
-            }
-        }
-    };
-    super::condition(
-        previous,
-        "MemoryPressure",
-        value,
-        &reason,
-        &message,
-        Some(observed.generation),
-        observed.now,
-    )
-}
-
-/// `Queued`: True while batches of the run wait for room in its BatchQueue, with what they
-/// wait for; False once everything the run can start is admitted.
-fn queued_condition(
-    observed: &Observed,
-    seat: &super::Seat,
-    state: &RunState,
-    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-    let (value, reason, message) = match &seat.waiting {
-        _ if state.is_finished() => (
-            ConditionStatus::False,
-            "RunFinished".to_string(),
-            format!("the run no longer uses queue {}", seat.queue),
-        ),
-        Some((reason, message)) => (ConditionStatus::True, reason.clone(), message.clone()),
-        None => (
-            ConditionStatus::False,
-            "Admitted".to_string(),
-            format!(
-                "queue {} admits every batch the run can start now",
-                seat.queue
-            ),
-        ),
-    };
-    super::condition(
-        previous,
-        "Queued",
-        value,
-        &reason,
-        &message,
-        Some(observed.generation),
-        observed.now,
-    )
 }
