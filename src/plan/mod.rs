@@ -8,6 +8,7 @@ mod cutting;
 mod ledger;
 mod memory;
 mod observed;
+mod outcome;
 mod planner;
 #[cfg(test)]
 mod planner_tests;
@@ -24,6 +25,7 @@ pub use cutting::*;
 pub use ledger::*;
 pub use memory::*;
 pub use observed::*;
+pub use outcome::*;
 pub use planner::*;
 pub use rerun::*;
 pub use retention::*;

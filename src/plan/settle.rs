@@ -1,14 +1,14 @@
-//! Settling a finished attempt: what its worker reported, and how that moves its records in
-//! the ledger (completed, queued again, or failed for good).
+//! Settling a finished attempt: how its outcome moves its records in the ledger (completed,
+//! queued again, or failed for good), one function per outcome.
 
 use jiff::Timestamp;
 
-use super::{Ledger, ObservedAttempt, Requeued, retry_delay};
+use super::{Ledger, Outcome, Requeued, retry_delay};
 use crate::api::RecordRange;
 use crate::api::{
     BatchReason, FailureRecord, GuardAction, OnOom, OnPressure, RetryPolicy, bytes_quantity,
 };
-use crate::worker::{BadOutput, MemorySeen, WorkerResult};
+use crate::worker::{MemorySeen, WorkerResult};
 
 /// Longest failure message kept in status.
 const MAX_FAILURE_MESSAGE: usize = 512;
@@ -16,25 +16,6 @@ const MAX_FAILURE_MESSAGE: usize = 512;
 /// A batch retried with more memory gets this many times the limit it ran out of, at most
 /// `spec.resources.memory.max`; the request grows in proportion.
 pub const MEMORY_GROWTH: u64 = 2;
-
-/// How an attempt ended, as far as the ledger cares.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    /// The worker reported a result; a `resumeFrom` before the end leaves a remainder.
-    Finished(WorkerResult),
-    /// The attempt failed; `partial` holds what a checkpointing worker finished first.
-    Failed {
-        reason: BatchReason,
-        message: String,
-        partial: Option<WorkerResult>,
-    },
-    /// The memory guard stopped the worker; `partial` is its checkpoint, if it wrote one. A
-    /// `partial` that says it stopped for memory is the worker's in-process (SDK) guard.
-    Stopped {
-        action: GuardAction,
-        partial: Option<WorkerResult>,
-    },
-}
 
 /// A user-visible consequence of settling, turned into an Event by the executor.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,78 +56,6 @@ pub enum Settled {
     },
 }
 
-/// Reads the outcome of an attempt whose worker ended.
-pub fn outcome_of(attempt: &ObservedAttempt) -> Option<Outcome> {
-    let range = attempt.range;
-    if let Some(pod) = attempt.pods.iter().find(|p| p.exit.is_some()) {
-        let exit = pod.exit.as_ref()?;
-        let parsed = WorkerResult::parse(&exit.message, range);
-        if let Some(action @ (GuardAction::Drain | GuardAction::Restart)) = pod.guard_action {
-            // The operator acted on this pod and counted it: one drain, even when the worker's
-            // own guard had seen the pressure first.
-            return Some(Outcome::Stopped {
-                action,
-                partial: parsed.ok().map(|mut result| {
-                    (result.stopped_for, result.memory) = (None, None);
-                    result
-                }),
-            });
-        }
-        return Some(if exit.exit_code == 0 {
-            match parsed {
-                Ok(result) if result.memory_stop().is_some() => Outcome::Stopped {
-                    action: GuardAction::Drain,
-                    partial: Some(result),
-                },
-                Ok(result) => Outcome::Finished(result),
-                Err(bad) => bad_output(bad),
-            }
-        } else {
-            let partial = parsed.ok().filter(|r| r.resume_from.is_some());
-            let detail = if partial.is_some() || exit.message.trim().is_empty() {
-                String::new()
-            } else {
-                format!(": {}", exit.message.trim())
-            };
-            Outcome::Failed {
-                reason: non_empty(&exit.reason, "Error").into(),
-                message: format!("worker exited with code {}{detail}", exit.exit_code),
-                partial,
-            }
-        });
-    }
-    let finish = attempt
-        .job
-        .as_ref()?
-        .finished
-        .as_ref()
-        .filter(|f| f.failed)?;
-    Some(Outcome::Failed {
-        reason: non_empty(&finish.reason, "JobFailed").into(),
-        message: format!(
-            "the Job failed before its worker reported a result: {}",
-            finish.message
-        ),
-        partial: None,
-    })
-}
-
-fn bad_output(bad: BadOutput) -> Outcome {
-    Outcome::Failed {
-        reason: BatchReason::BadOutput,
-        message: bad.to_string(),
-        partial: None,
-    }
-}
-
-fn non_empty(text: &str, fallback: &str) -> String {
-    if text.is_empty() {
-        fallback.to_string()
-    } else {
-        text.to_string()
-    }
-}
-
 /// An attempt to settle: its records, its number, and the memory limit its worker ran with
 /// (bytes; `None` when unknown, taken as the spec's).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -181,6 +90,59 @@ pub fn settle(
     settle_with(ledger, (ran, failures), outcome, policy, now)
 }
 
+/// One attempt being settled: what it ran with and how often its range failed before.
+struct Settling<'a, 'p> {
+    ran: Ran,
+    failures: u32,
+    policy: &'a SettlePolicy<'p>,
+    now: Timestamp,
+}
+
+impl Settling<'_, '_> {
+    /// Bytes of memory limit the worker ran with.
+    fn ran_with(&self) -> u64 {
+        self.ran.memory_limit.unwrap_or(self.policy.limit_bytes)
+    }
+
+    /// `range` queued again as the next attempt; it keeps the memory the attempt was grown to.
+    fn requeue(
+        &self,
+        range: RecordRange,
+        reason: BatchReason,
+        failures: u32,
+        delay: std::time::Duration,
+    ) -> Requeued {
+        Requeued {
+            range,
+            attempt: self.ran.attempt + 1,
+            failures,
+            not_before: (!delay.is_zero()).then(|| self.now + delay),
+            reason,
+            memory_limit: self
+                .ran
+                .memory_limit
+                .filter(|m| *m > self.policy.limit_bytes),
+        }
+    }
+
+    /// Runs `rest` again whole with more memory, when the ceiling leaves room.
+    fn grow(&self, ledger: &mut Ledger, rest: RecordRange, cause: BatchReason) -> Option<Settled> {
+        let ran_with = self.ran_with();
+        let max = self.policy.max_bytes.filter(|max| ran_with < *max)?;
+        let to = ran_with.saturating_mul(MEMORY_GROWTH).min(max);
+        ledger.pending.push(Requeued {
+            memory_limit: Some(to),
+            ..self.requeue(rest, cause.clone(), self.failures, Default::default())
+        });
+        Some(Settled::MoreMemory {
+            cause,
+            remainder: rest,
+            from: ran_with,
+            to,
+        })
+    }
+}
+
 /// Settles an attempt already taken off the queue, with the failures its range had so far.
 fn settle_with(
     ledger: &mut Ledger,
@@ -189,223 +151,252 @@ fn settle_with(
     policy: &SettlePolicy,
     now: Timestamp,
 ) -> Settled {
-    let Ran { range, attempt, .. } = ran;
-    let ran_with = ran.memory_limit.unwrap_or(policy.limit_bytes);
-    // What is queued again keeps the memory the attempt was grown to.
-    let kept = ran.memory_limit.filter(|m| *m > policy.limit_bytes);
-    let requeue = |range, reason: BatchReason, failures, delay: std::time::Duration| Requeued {
-        range,
-        attempt: attempt + 1,
+    let settling = Settling {
+        ran,
         failures,
-        not_before: (!delay.is_zero()).then(|| now + delay),
-        reason,
-        memory_limit: kept,
-    };
-    // Runs `rest` again whole with more memory, when the ceiling leaves room.
-    let grow = |ledger: &mut Ledger, rest: RecordRange, cause: BatchReason| {
-        let max = policy.max_bytes.filter(|max| ran_with < *max)?;
-        let to = ran_with.saturating_mul(MEMORY_GROWTH).min(max);
-        ledger.pending.push(Requeued {
-            memory_limit: Some(to),
-            ..requeue(rest, cause.clone(), failures, Default::default())
-        });
-        Some(Settled::MoreMemory {
-            cause,
-            remainder: rest,
-            from: ran_with,
-            to,
-        })
+        policy,
+        now,
     };
     match outcome {
-        Outcome::Finished(result) => {
-            if let Err(refused) = ledger.add_result(result.done(range), &result) {
-                // Refused as a whole; it counts as one more failure of this range.
-                let outcome = bad_output_text(refused.to_string());
-                return settle_with(ledger, (ran, failures), outcome, policy, now);
-            }
-            ledger.succeeded += 1;
-            let remainder = result.remainder(range);
-            if remainder.is_empty() {
-                return Settled::Succeeded;
-            }
-            ledger.drained += 1;
-            for part in pieces(remainder, policy.on_pressure) {
-                ledger.pending.push(requeue(
-                    part,
-                    BatchReason::Resumed,
-                    failures,
-                    Default::default(),
-                ));
-            }
-            Settled::Resumed { remainder }
-        }
-        Outcome::Stopped { action, partial } => {
-            let in_process = partial.as_ref().and_then(|p| p.memory_stop()).cloned();
-            if let Some(seen) = &in_process {
-                let peak = &mut ledger.guard.peak_percent;
-                *peak = (*peak).max(u32::from(seen.percent()));
-            }
-            let mut rest = range;
-            if let Some(result) = partial
-                && ledger.add_result(result.done(range), &result).is_ok()
-            {
-                rest = result.remainder(range);
-            }
-            ledger.drained += 1;
-            match action {
-                GuardAction::Restart => ledger.guard.restarts += 1,
-                _ => ledger.guard.drains += 1,
-            }
-            if rest.is_empty() {
-                return Settled::Succeeded;
-            }
-            // Every guard action must shrink what is left, or a worker that never checkpoints
-            // would be stopped forever: without progress the rest is halved.
-            let pieces = match (rest.start > range.start, action) {
-                (true, GuardAction::Drain) => pieces(rest, policy.on_pressure),
-                (true, _) => vec![rest],
-                (false, _) if rest.len() > 1 => rest.halves().to_vec(),
-                (false, _) => {
-                    if let Some(more) = grow(ledger, rest, BatchReason::MemoryPressure) {
-                        return more;
-                    }
-                    ledger.failed.insert(rest);
-                    ledger.failed_batches += 1;
-                    let message = format!(
-                        "{} alone needs more than {}% of its {} memory limit: {}",
-                        policy.name(rest.start),
-                        policy.threshold,
-                        bytes_quantity(ran_with),
-                        policy.raise_hint()
-                    );
-                    ledger.record_failure(FailureRecord {
-                        range: rest.to_string(),
-                        attempt,
-                        reason: BatchReason::MemoryPressure,
-                        message: message.clone(),
-                        memory_limit: Some(bytes_quantity(ran_with)),
-                    });
-                    return Settled::FailedForGood {
-                        reason: BatchReason::MemoryPressure,
-                        message,
-                    };
-                }
-            };
-            let reason = match action {
-                GuardAction::Restart => BatchReason::Restarted,
-                _ => BatchReason::Drained,
-            };
-            for piece in &pieces {
-                ledger.pending.push(requeue(
-                    *piece,
-                    reason.clone(),
-                    failures,
-                    Default::default(),
-                ));
-            }
-            match in_process {
-                Some(seen) => Settled::DrainedInProcess {
-                    seen,
-                    remainder: rest,
-                    pieces,
-                },
-                None => Settled::Stopped {
-                    action,
-                    remainder: rest,
-                    pieces,
-                },
-            }
-        }
+        Outcome::Finished(result) => finished(ledger, &settling, result),
+        Outcome::Stopped { action, partial } => stopped(ledger, &settling, action, partial),
         Outcome::Failed {
             reason,
             message,
             partial,
-        } => {
-            let mut rest = range;
-            if let Some(result) = partial {
-                if ledger.add_result(result.done(range), &result).is_ok() {
-                    rest = result.remainder(range);
-                }
-            }
-            let message = truncate(&message, MAX_FAILURE_MESSAGE);
-            let oom = reason == BatchReason::OomKilled;
-            // One record cannot be split: it can only get more memory, up to the ceiling.
-            let past_ceiling = policy
-                .max_bytes
-                .filter(|max| oom && rest.len() == 1 && ran_with >= *max)
-                .map(|max| {
-                    format!(
-                        "{} needs more memory than the {} ceiling (spec.resources.memory.max): OOM-killed at {}",
-                        policy.name(rest.start),
-                        bytes_quantity(max),
-                        bytes_quantity(ran_with)
-                    )
-                });
-            ledger.record_failure(FailureRecord {
-                range: range.to_string(),
-                attempt,
-                reason: reason.clone(),
-                message: past_ceiling.clone().unwrap_or_else(|| message.clone()),
-                memory_limit: Some(bytes_quantity(ran_with)),
-            });
-            if rest.is_empty() {
-                return Settled::Succeeded;
-            }
-            if oom {
-                ledger.guard.oom_kills += 1;
-                if let Some(message) = past_ceiling {
-                    ledger.failed.insert(rest);
-                    ledger.failed_batches += 1;
-                    return Settled::FailedForGood { reason, message };
-                }
-                if policy.on_oom == OnOom::Grow || rest.len() == 1 {
-                    if let Some(more) = grow(ledger, rest, BatchReason::OomKilled) {
-                        return more;
-                    }
-                }
-                if rest.len() > 1 {
-                    let halves = rest.halves();
-                    for half in halves {
-                        ledger.pending.push(requeue(
-                            half,
-                            BatchReason::OomKilled,
-                            failures,
-                            Default::default(),
-                        ));
-                    }
-                    return Settled::SplitAfterOom { halves };
-                }
-            }
-            let failures = failures + 1;
-            if failures >= policy.retry.max_attempts {
-                ledger.failed.insert(rest);
-                ledger.failed_batches += 1;
-                let message =
-                    format!("{message} (attempt {attempt}, {failures} failures: no retries left)");
-                return Settled::FailedForGood { reason, message };
-            }
-            let delay = retry_delay(
-                &policy.retry.backoff,
-                failures,
-                (policy.seed, rest, attempt),
-            );
-            ledger
-                .pending
-                .push(requeue(rest, reason.clone(), failures, delay));
-            Settled::Retrying {
-                reason,
-                message,
-                delay_seconds: delay.as_secs(),
-            }
-        }
+        } => failed(ledger, &settling, (reason, message), partial),
     }
 }
 
-fn bad_output_text(message: String) -> Outcome {
-    Outcome::Failed {
-        reason: BatchReason::BadOutput,
+/// The worker reported a result: counted, and what it did not reach continues.
+fn finished(ledger: &mut Ledger, settling: &Settling, result: WorkerResult) -> Settled {
+    let range = settling.ran.range;
+    if let Err(refused) = ledger.add_result(result.done(range), &result) {
+        // Refused as a whole; it counts as one more failure of this range.
+        let reason = (BatchReason::BadOutput, refused.to_string());
+        return failed(ledger, settling, reason, None);
+    }
+    ledger.succeeded += 1;
+    let remainder = result.remainder(range);
+    if remainder.is_empty() {
+        return Settled::Succeeded;
+    }
+    ledger.drained += 1;
+    for part in pieces(remainder, settling.policy.on_pressure) {
+        let resumed = settling.requeue(
+            part,
+            BatchReason::Resumed,
+            settling.failures,
+            Default::default(),
+        );
+        ledger.pending.push(resumed);
+    }
+    Settled::Resumed { remainder }
+}
+
+/// The memory guard (the operator's or the worker's own) stopped the worker: its checkpoint
+/// is counted and the rest continues smaller, without using up an attempt.
+fn stopped(
+    ledger: &mut Ledger,
+    settling: &Settling,
+    action: GuardAction,
+    partial: Option<WorkerResult>,
+) -> Settled {
+    let range = settling.ran.range;
+    let in_process = partial.as_ref().and_then(|p| p.memory_stop()).cloned();
+    if let Some(seen) = &in_process {
+        let peak = &mut ledger.guard.peak_percent;
+        *peak = (*peak).max(u32::from(seen.percent()));
+    }
+    let mut rest = range;
+    if let Some(result) = partial
+        && ledger.add_result(result.done(range), &result).is_ok()
+    {
+        rest = result.remainder(range);
+    }
+    ledger.drained += 1;
+    match action {
+        GuardAction::Restart => ledger.guard.restarts += 1,
+        _ => ledger.guard.drains += 1,
+    }
+    if rest.is_empty() {
+        return Settled::Succeeded;
+    }
+    // Every guard action must shrink what is left, or a worker that never checkpoints
+    // would be stopped forever: without progress the rest is halved.
+    let pieces = match (rest.start > range.start, action) {
+        (true, GuardAction::Drain) => pieces(rest, settling.policy.on_pressure),
+        (true, _) => vec![rest],
+        (false, _) if rest.len() > 1 => rest.halves().to_vec(),
+        (false, _) => return one_record_too_large(ledger, settling, rest),
+    };
+    let reason = match action {
+        GuardAction::Restart => BatchReason::Restarted,
+        _ => BatchReason::Drained,
+    };
+    for piece in &pieces {
+        let again = settling.requeue(
+            *piece,
+            reason.clone(),
+            settling.failures,
+            Default::default(),
+        );
+        ledger.pending.push(again);
+    }
+    match in_process {
+        Some(seen) => Settled::DrainedInProcess {
+            seen,
+            remainder: rest,
+            pieces,
+        },
+        None => Settled::Stopped {
+            action,
+            remainder: rest,
+            pieces,
+        },
+    }
+}
+
+/// One record the guard stopped without progress cannot be split: it gets more memory when
+/// the ceiling allows, else it fails for good.
+fn one_record_too_large(ledger: &mut Ledger, settling: &Settling, rest: RecordRange) -> Settled {
+    if let Some(more) = settling.grow(ledger, rest, BatchReason::MemoryPressure) {
+        return more;
+    }
+    let policy = settling.policy;
+    let ran_with = settling.ran_with();
+    ledger.failed.insert(rest);
+    ledger.failed_batches += 1;
+    let message = format!(
+        "{} alone needs more than {}% of its {} memory limit: {}",
+        policy.name(rest.start),
+        policy.threshold,
+        bytes_quantity(ran_with),
+        policy.raise_hint()
+    );
+    ledger.record_failure(FailureRecord {
+        range: rest.to_string(),
+        attempt: settling.ran.attempt,
+        reason: BatchReason::MemoryPressure,
+        message: message.clone(),
+        memory_limit: Some(bytes_quantity(ran_with)),
+    });
+    Settled::FailedForGood {
+        reason: BatchReason::MemoryPressure,
         message,
-        partial: None,
+    }
+}
+
+/// The attempt failed: its checkpoint is counted; an OOM kill splits or grows the rest
+/// without using up an attempt; any other failure is retried with backoff until the
+/// attempts run out.
+fn failed(
+    ledger: &mut Ledger,
+    settling: &Settling,
+    (reason, message): (BatchReason, String),
+    partial: Option<WorkerResult>,
+) -> Settled {
+    let Ran { range, attempt, .. } = settling.ran;
+    let policy = settling.policy;
+    let ran_with = settling.ran_with();
+    let mut rest = range;
+    if let Some(result) = partial {
+        if ledger.add_result(result.done(range), &result).is_ok() {
+            rest = result.remainder(range);
+        }
+    }
+    let message = truncate(&message, MAX_FAILURE_MESSAGE);
+    let oom = reason == BatchReason::OomKilled;
+    // One record cannot be split: it can only get more memory, up to the ceiling.
+    let past_ceiling = policy
+        .max_bytes
+        .filter(|max| oom && rest.len() == 1 && ran_with >= *max)
+        .map(|max| {
+            format!(
+                "{} needs more memory than the {} ceiling (spec.resources.memory.max): OOM-killed at {}",
+                policy.name(rest.start),
+                bytes_quantity(max),
+                bytes_quantity(ran_with)
+            )
+        });
+    ledger.record_failure(FailureRecord {
+        range: range.to_string(),
+        attempt,
+        reason: reason.clone(),
+        message: past_ceiling.clone().unwrap_or_else(|| message.clone()),
+        memory_limit: Some(bytes_quantity(ran_with)),
+    });
+    if rest.is_empty() {
+        return Settled::Succeeded;
+    }
+    if oom {
+        ledger.guard.oom_kills += 1;
+        if let Some(message) = past_ceiling {
+            ledger.failed.insert(rest);
+            ledger.failed_batches += 1;
+            return Settled::FailedForGood { reason, message };
+        }
+        if let Some(settled) = after_oom(ledger, settling, rest) {
+            return settled;
+        }
+    }
+    retry_or_give_up(ledger, settling, rest, (reason, message))
+}
+
+/// An OOM-killed rest runs again with more memory (when the run asks for it, or it is one
+/// record) or in halves; `None` for one record that cannot grow.
+fn after_oom(ledger: &mut Ledger, settling: &Settling, rest: RecordRange) -> Option<Settled> {
+    if settling.policy.on_oom == OnOom::Grow || rest.len() == 1 {
+        if let Some(more) = settling.grow(ledger, rest, BatchReason::OomKilled) {
+            return Some(more);
+        }
+    }
+    if rest.len() <= 1 {
+        return None;
+    }
+    let halves = rest.halves();
+    for half in halves {
+        let again = settling.requeue(
+            half,
+            BatchReason::OomKilled,
+            settling.failures,
+            Default::default(),
+        );
+        ledger.pending.push(again);
+    }
+    Some(Settled::SplitAfterOom { halves })
+}
+
+/// One more failure of the range: retried after its backoff, or failed for good once the
+/// attempts run out.
+fn retry_or_give_up(
+    ledger: &mut Ledger,
+    settling: &Settling,
+    rest: RecordRange,
+    (reason, message): (BatchReason, String),
+) -> Settled {
+    let policy = settling.policy;
+    let attempt = settling.ran.attempt;
+    let failures = settling.failures + 1;
+    if failures >= policy.retry.max_attempts {
+        ledger.failed.insert(rest);
+        ledger.failed_batches += 1;
+        let message =
+            format!("{message} (attempt {attempt}, {failures} failures: no retries left)");
+        return Settled::FailedForGood { reason, message };
+    }
+    let delay = retry_delay(
+        &policy.retry.backoff,
+        failures,
+        (policy.seed, rest, attempt),
+    );
+    ledger
+        .pending
+        .push(settling.requeue(rest, reason.clone(), failures, delay));
+    Settled::Retrying {
+        reason,
+        message,
+        delay_seconds: delay.as_secs(),
     }
 }
 
@@ -465,685 +456,4 @@ impl SettlePolicy<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::plan::{JobFinish, JobState, PodState, WorkerExit};
-
-    const BATCH: RecordRange = RecordRange { start: 0, end: 100 };
-
-    fn policy(retry: &RetryPolicy) -> SettlePolicy<'_> {
-        SettlePolicy {
-            retry,
-            on_pressure: OnPressure::Resume,
-            on_oom: OnOom::Split,
-            threshold: 85,
-            limit_bytes: 2 << 30,
-            max_bytes: None,
-            items: None,
-            seed: "uid",
-        }
-    }
-
-    fn now() -> Timestamp {
-        Timestamp::from_second(1_800_000_000).unwrap()
-    }
-
-    fn ended(exit_code: i32, reason: &str, message: &str) -> ObservedAttempt {
-        ObservedAttempt {
-            range: BATCH,
-            attempt: 1,
-            job: None,
-            pods: vec![PodState {
-                name: "p".into(),
-                holds_result: true,
-                deleting: false,
-                guard_action: None,
-                memory_limit: None,
-                resizes: 0,
-                ended: false,
-                waiting: None,
-                exit: Some(WorkerExit {
-                    exit_code,
-                    reason: reason.into(),
-                    message: message.into(),
-                    finished_at: None,
-                }),
-            }],
-        }
-    }
-
-    #[test]
-    fn success_with_result_is_finished() {
-        let outcome = outcome_of(&ended(0, "Completed", r#"{"records": 100}"#)).unwrap();
-        assert_eq!(
-            outcome,
-            Outcome::Finished(WorkerResult {
-                records: 100,
-                ..Default::default()
-            })
-        );
-    }
-
-    #[test]
-    fn success_without_result_is_bad_output() {
-        let Outcome::Failed {
-            reason, message, ..
-        } = outcome_of(&ended(0, "Completed", "")).unwrap()
-        else {
-            panic!("expected a failure");
-        };
-        assert_eq!(reason, BatchReason::BadOutput);
-        assert!(message.contains("wrote no result"), "{message}");
-    }
-
-    #[test]
-    fn failure_keeps_reason_and_exit_code() {
-        let Outcome::Failed {
-            reason,
-            message,
-            partial,
-        } = outcome_of(&ended(137, "OOMKilled", "")).unwrap()
-        else {
-            panic!("expected a failure");
-        };
-        assert_eq!(reason, BatchReason::OomKilled);
-        assert_eq!(message, "worker exited with code 137");
-        assert_eq!(partial, None);
-    }
-
-    #[test]
-    fn job_failure_without_pod_is_a_failure() {
-        let attempt = ObservedAttempt {
-            range: BATCH,
-            attempt: 1,
-            job: Some(JobState {
-                name: "j".into(),
-                deleting: false,
-                finished: Some(JobFinish {
-                    failed: true,
-                    reason: "DeadlineExceeded".into(),
-                    message: "too slow".into(),
-                    at: None,
-                }),
-                created: None,
-                pod_refused: None,
-            }),
-            pods: vec![],
-        };
-        let Outcome::Failed { reason, .. } = outcome_of(&attempt).unwrap() else {
-            panic!()
-        };
-        assert_eq!(reason, BatchReason::from("DeadlineExceeded"));
-    }
-
-    #[test]
-    fn running_attempt_has_no_outcome() {
-        let mut attempt = ended(0, "", "");
-        attempt.pods[0].exit = None;
-        assert_eq!(outcome_of(&attempt), None);
-    }
-
-    #[test]
-    fn failure_is_retried_with_backoff_until_attempts_run_out() {
-        let retry = RetryPolicy::default();
-        let policy = policy(&retry);
-        let mut ledger = Ledger::default();
-        let fail = || Outcome::Failed {
-            reason: "Error".into(),
-            message: "boom".into(),
-            partial: None,
-        };
-
-        let first = settle(&mut ledger, Ran::new(BATCH, 1), fail(), &policy, now());
-        assert!(matches!(first, Settled::Retrying { delay_seconds, .. } if delay_seconds <= 10));
-        assert_eq!(ledger.pending.len(), 1);
-        assert_eq!(
-            (ledger.pending[0].attempt, ledger.pending[0].failures),
-            (2, 1)
-        );
-
-        settle(&mut ledger, Ran::new(BATCH, 2), fail(), &policy, now());
-        assert_eq!(
-            (ledger.pending[0].attempt, ledger.pending[0].failures),
-            (3, 2)
-        );
-
-        let last = settle(&mut ledger, Ran::new(BATCH, 3), fail(), &policy, now());
-        assert!(
-            matches!(last, Settled::FailedForGood { ref message, .. } if message.contains("no retries left"))
-        );
-        assert!(ledger.pending.is_empty());
-        assert_eq!(ledger.failed.to_string(), "0-99");
-        assert_eq!(ledger.failed_batches, 1);
-        assert_eq!(ledger.failures.len(), 3);
-    }
-
-    #[test]
-    fn a_result_the_aggregate_refuses_uses_up_an_attempt_like_any_failure() {
-        let retry = RetryPolicy::default();
-        let mut ledger = Ledger::default();
-        let huge = |records| {
-            Outcome::Finished(WorkerResult {
-                records,
-                sums: [("pay".to_string(), f64::MAX)].into(),
-                ..Default::default()
-            })
-        };
-        let first = RecordRange::new(100, 200);
-        settle(
-            &mut ledger,
-            Ran::new(first, 1),
-            huge(100),
-            &policy(&retry),
-            now(),
-        );
-        for attempt in 1..retry.max_attempts {
-            let settled = settle(
-                &mut ledger,
-                Ran::new(BATCH, attempt),
-                huge(100),
-                &policy(&retry),
-                now(),
-            );
-            assert!(
-                matches!(settled, Settled::Retrying { ref reason, .. } if *reason == BatchReason::BadOutput),
-                "{settled:?}"
-            );
-            assert_eq!(ledger.pending[0].failures, attempt, "failures add up");
-        }
-        let last = settle(
-            &mut ledger,
-            Ran::new(BATCH, retry.max_attempts),
-            huge(100),
-            &policy(&retry),
-            now(),
-        );
-        assert!(
-            matches!(last, Settled::FailedForGood { ref message, .. } if message.contains("finite")),
-            "{last:?}"
-        );
-        assert_eq!(
-            ledger.aggregate.sums["pay"],
-            f64::MAX,
-            "the first batch's total stays"
-        );
-        assert_eq!(ledger.completed.to_string(), "100-199");
-    }
-
-    #[test]
-    fn checkpointed_result_is_counted_and_the_rest_resumes() {
-        let retry = RetryPolicy::default();
-        let mut ledger = Ledger::default();
-        let result = WorkerResult {
-            records: 40,
-            resume_from: Some(40),
-            ..Default::default()
-        };
-        let settled = settle(
-            &mut ledger,
-            Ran::new(BATCH, 1),
-            Outcome::Finished(result),
-            &policy(&retry),
-            now(),
-        );
-        assert_eq!(
-            settled,
-            Settled::Resumed {
-                remainder: RecordRange::new(40, 100)
-            }
-        );
-        assert_eq!(ledger.completed.to_string(), "0-39");
-        assert_eq!(ledger.aggregate.records, 40);
-        let next = &ledger.pending[0];
-        assert_eq!(
-            (next.range, next.attempt, next.failures, next.not_before),
-            (RecordRange::new(40, 100), 2, 0, None)
-        );
-    }
-
-    #[test]
-    fn split_policy_queues_the_rest_in_halves() {
-        let retry = RetryPolicy::default();
-        let policy = SettlePolicy {
-            on_pressure: OnPressure::Split,
-            ..policy(&retry)
-        };
-        let mut ledger = Ledger::default();
-        let result = WorkerResult {
-            records: 20,
-            resume_from: Some(20),
-            ..Default::default()
-        };
-        settle(
-            &mut ledger,
-            Ran::new(BATCH, 1),
-            Outcome::Finished(result),
-            &policy,
-            now(),
-        );
-        let ranges: Vec<_> = ledger.pending.iter().map(|p| p.range).collect();
-        assert_eq!(
-            ranges,
-            vec![RecordRange::new(20, 60), RecordRange::new(60, 100)]
-        );
-    }
-
-    #[test]
-    fn oom_killed_batch_is_retried_in_halves_without_using_an_attempt() {
-        let retry = RetryPolicy::default();
-        let mut ledger = Ledger::default();
-        let oom = Outcome::Failed {
-            reason: "OOMKilled".into(),
-            message: "exit 137".into(),
-            partial: None,
-        };
-        let settled = settle(&mut ledger, Ran::new(BATCH, 1), oom, &policy(&retry), now());
-        assert_eq!(
-            settled,
-            Settled::SplitAfterOom {
-                halves: BATCH.halves()
-            }
-        );
-        assert!(
-            ledger
-                .pending
-                .iter()
-                .all(|p| p.failures == 0 && p.attempt == 2)
-        );
-        assert_eq!(ledger.guard.oom_kills, 1);
-    }
-
-    const GI: u64 = 1 << 30;
-
-    fn oom() -> Outcome {
-        Outcome::Failed {
-            reason: "OOMKilled".into(),
-            message: "exit 137".into(),
-            partial: None,
-        }
-    }
-
-    fn growing(retry: &RetryPolicy, on_oom: OnOom) -> SettlePolicy<'_> {
-        SettlePolicy {
-            on_oom,
-            max_bytes: Some(6 * GI),
-            ..policy(retry)
-        }
-    }
-
-    fn ran(range: RecordRange, attempt: u32, memory_limit: Option<u64>) -> Ran {
-        Ran {
-            range,
-            attempt,
-            memory_limit,
-        }
-    }
-
-    #[test]
-    fn one_oom_killed_record_runs_again_with_twice_the_memory_up_to_the_ceiling() {
-        let retry = RetryPolicy::default();
-        let policy = growing(&retry, OnOom::Split);
-        let mut ledger = Ledger::default();
-        let record = RecordRange::new(7, 8);
-
-        let settled = settle(
-            &mut ledger,
-            ran(record, 1, Some(2 * GI)),
-            oom(),
-            &policy,
-            now(),
-        );
-        assert_eq!(
-            settled,
-            Settled::MoreMemory {
-                cause: "OOMKilled".into(),
-                remainder: record,
-                from: 2 * GI,
-                to: 4 * GI
-            }
-        );
-        let next = &ledger.pending[0];
-        assert_eq!((next.range, next.attempt, next.failures), (record, 2, 0));
-        assert_eq!(next.memory_limit, Some(4 * GI));
-        assert_eq!(ledger.failures[0].memory_limit.as_deref(), Some("2Gi"));
-
-        // 4Gi doubled passes the 6Gi ceiling: the last try gets the ceiling itself.
-        let settled = settle(
-            &mut ledger,
-            ran(record, 2, Some(4 * GI)),
-            oom(),
-            &policy,
-            now(),
-        );
-        assert!(
-            matches!(settled, Settled::MoreMemory { to, .. } if to == 6 * GI),
-            "{settled:?}"
-        );
-
-        let settled = settle(
-            &mut ledger,
-            ran(record, 3, Some(6 * GI)),
-            oom(),
-            &policy,
-            now(),
-        );
-        let Settled::FailedForGood { reason, message } = settled else {
-            panic!("{settled:?}")
-        };
-        assert_eq!(reason, BatchReason::OomKilled);
-        assert!(
-            message.contains("record 7 needs more memory than the 6Gi ceiling")
-                && message.contains("OOM-killed at 6Gi"),
-            "{message}"
-        );
-        assert!(ledger.pending.is_empty());
-        assert_eq!(ledger.failures.last().unwrap().message, message);
-        assert_eq!(ledger.failed.to_string(), "7");
-        assert_eq!((ledger.failed_batches, ledger.guard.oom_kills), (1, 3));
-    }
-
-    #[test]
-    fn a_record_too_large_is_named_by_its_item_in_items_mode() {
-        let retry = RetryPolicy::default();
-        let items = ["a".to_string(), "b".to_string(), "client-42".to_string()];
-        let policy = SettlePolicy {
-            items: Some(&items),
-            ..growing(&retry, OnOom::Split)
-        };
-        let mut ledger = Ledger::default();
-        let item = RecordRange::new(2, 3);
-        let settled = settle(
-            &mut ledger,
-            ran(item, 4, Some(6 * GI)),
-            oom(),
-            &policy,
-            now(),
-        );
-        assert!(
-            matches!(&settled, Settled::FailedForGood { message, .. } if message.contains(r#"item 2 ("client-42") needs more memory"#)),
-            "{settled:?}"
-        );
-    }
-
-    #[test]
-    fn without_a_ceiling_memory_never_grows() {
-        let retry = RetryPolicy::default();
-        let policy = SettlePolicy {
-            on_oom: OnOom::Grow,
-            ..policy(&retry)
-        };
-        let mut ledger = Ledger::default();
-        let settled = settle(&mut ledger, Ran::new(BATCH, 1), oom(), &policy, now());
-        assert!(
-            matches!(settled, Settled::SplitAfterOom { .. }),
-            "{settled:?}"
-        );
-        let record = RecordRange::new(0, 1);
-        let settled = settle(&mut ledger, Ran::new(record, 2), oom(), &policy, now());
-        assert!(matches!(settled, Settled::Retrying { .. }), "{settled:?}");
-        assert!(ledger.pending.iter().all(|p| p.memory_limit.is_none()));
-    }
-
-    #[test]
-    fn grow_retries_a_whole_batch_with_more_memory_then_halves_it_at_the_ceiling() {
-        let retry = RetryPolicy::default();
-        let policy = growing(&retry, OnOom::Grow);
-        let mut ledger = Ledger::default();
-        let settled = settle(
-            &mut ledger,
-            ran(BATCH, 1, Some(2 * GI)),
-            oom(),
-            &policy,
-            now(),
-        );
-        assert!(matches!(settled, Settled::MoreMemory { remainder, .. } if remainder == BATCH));
-        assert_eq!(ledger.pending[0].memory_limit, Some(4 * GI));
-
-        ledger.pending.clear();
-        let settled = settle(
-            &mut ledger,
-            ran(BATCH, 3, Some(6 * GI)),
-            oom(),
-            &policy,
-            now(),
-        );
-        assert_eq!(
-            settled,
-            Settled::SplitAfterOom {
-                halves: BATCH.halves()
-            }
-        );
-        assert!(
-            ledger
-                .pending
-                .iter()
-                .all(|p| p.memory_limit == Some(6 * GI)),
-            "the halves keep the memory they were grown to: {:?}",
-            ledger.pending
-        );
-    }
-
-    #[test]
-    fn a_record_the_guard_stops_without_progress_gets_more_memory_when_the_ceiling_allows() {
-        let retry = RetryPolicy::default();
-        let policy = growing(&retry, OnOom::Split);
-        let mut ledger = Ledger::default();
-        let record = RecordRange::new(3, 4);
-        let stopped = Outcome::Stopped {
-            action: GuardAction::Drain,
-            partial: None,
-        };
-        let settled = settle(&mut ledger, ran(record, 1, None), stopped, &policy, now());
-        assert_eq!(
-            settled,
-            Settled::MoreMemory {
-                cause: "MemoryPressure".into(),
-                remainder: record,
-                from: 2 * GI,
-                to: 4 * GI
-            }
-        );
-        assert_eq!(ledger.guard.drains, 1);
-        assert!(ledger.failed.is_empty());
-    }
-
-    #[test]
-    fn failing_worker_with_checkpoint_keeps_its_progress() {
-        let retry = RetryPolicy::default();
-        let mut ledger = Ledger::default();
-        let partial = WorkerResult {
-            records: 10,
-            resume_from: Some(10),
-            ..Default::default()
-        };
-        let failed = Outcome::Failed {
-            reason: "Error".into(),
-            message: "x".into(),
-            partial: Some(partial),
-        };
-        settle(
-            &mut ledger,
-            Ran::new(BATCH, 1),
-            failed,
-            &policy(&retry),
-            now(),
-        );
-        assert_eq!(ledger.completed.to_string(), "0-9");
-        assert_eq!(ledger.pending[0].range, RecordRange::new(10, 100));
-    }
-
-    #[test]
-    fn drained_batch_resumes_from_checkpoint_without_using_an_attempt() {
-        let retry = RetryPolicy::default();
-        let mut ledger = Ledger::default();
-        let partial = WorkerResult {
-            records: 30,
-            resume_from: Some(30),
-            ..Default::default()
-        };
-        let stopped = Outcome::Stopped {
-            action: GuardAction::Drain,
-            partial: Some(partial),
-        };
-        let settled = settle(
-            &mut ledger,
-            Ran::new(BATCH, 1),
-            stopped,
-            &policy(&retry),
-            now(),
-        );
-        assert_eq!(
-            settled,
-            Settled::Stopped {
-                action: GuardAction::Drain,
-                remainder: RecordRange::new(30, 100),
-                pieces: vec![RecordRange::new(30, 100)]
-            }
-        );
-        assert_eq!(ledger.completed.to_string(), "0-29");
-        assert_eq!((ledger.guard.drains, ledger.drained), (1, 1));
-        assert_eq!(
-            (ledger.pending[0].failures, ledger.pending[0].attempt),
-            (0, 2)
-        );
-        assert!(ledger.failures.is_empty(), "a drain is not a failure");
-    }
-
-    #[test]
-    fn stopped_worker_without_checkpoint_is_halved_until_one_record_fails() {
-        let retry = RetryPolicy::default();
-        let mut ledger = Ledger::default();
-        let restart = || Outcome::Stopped {
-            action: GuardAction::Restart,
-            partial: None,
-        };
-        let settled = settle(
-            &mut ledger,
-            Ran::new(RecordRange::new(0, 2), 1),
-            restart(),
-            &policy(&retry),
-            now(),
-        );
-        assert!(matches!(settled, Settled::Stopped { ref pieces, .. } if pieces.len() == 2));
-        assert_eq!(ledger.guard.restarts, 1);
-        let settled = settle(
-            &mut ledger,
-            Ran::new(RecordRange::new(0, 1), 2),
-            restart(),
-            &policy(&retry),
-            now(),
-        );
-        let Settled::FailedForGood { reason, message } = settled else {
-            panic!("{settled:?}")
-        };
-        assert_eq!(reason, BatchReason::MemoryPressure);
-        assert!(
-            message.contains("record 0 alone needs more than 85% of its 2Gi memory limit"),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn a_guard_stopped_pod_is_not_read_as_a_failure() {
-        let mut attempt = ended(143, "Error", r#"{"records": 10, "resumeFrom": 10}"#);
-        attempt.pods[0].guard_action = Some(GuardAction::Drain);
-        let Some(Outcome::Stopped { action, partial }) = outcome_of(&attempt) else {
-            panic!()
-        };
-        assert_eq!(action, GuardAction::Drain);
-        assert_eq!(partial.and_then(|p| p.resume_from), Some(10));
-    }
-
-    const MEMORY_STOP: &str = r#"{"records": 30, "resumeFrom": 30, "stoppedFor": "memory",
-        "memory": {"workingSetBytes": 117440512, "limitBytes": 134217728}}"#;
-
-    #[test]
-    fn an_in_process_memory_stop_is_settled_as_one_drain() {
-        let retry = RetryPolicy::default();
-        let mut ledger = Ledger::default();
-        let outcome = outcome_of(&ended(0, "Completed", MEMORY_STOP)).unwrap();
-        let settled = settle(
-            &mut ledger,
-            Ran::new(BATCH, 1),
-            outcome,
-            &policy(&retry),
-            now(),
-        );
-        let Settled::DrainedInProcess {
-            seen,
-            remainder,
-            pieces,
-        } = settled
-        else {
-            panic!("{settled:?}")
-        };
-        assert_eq!(seen.percent(), 87);
-        assert_eq!(remainder, RecordRange::new(30, 100));
-        assert_eq!(pieces, vec![RecordRange::new(30, 100)]);
-        assert_eq!(ledger.completed.to_string(), "0-29");
-        assert_eq!(ledger.aggregate.records, 30);
-        assert_eq!((ledger.guard.drains, ledger.drained), (1, 1));
-        assert_eq!(ledger.guard.peak_percent, 87);
-        assert_eq!(ledger.pending[0].reason, BatchReason::Drained);
-        assert!(ledger.failures.is_empty(), "a drain is not a failure");
-    }
-
-    #[test]
-    fn a_memory_stop_on_a_pod_the_operator_drained_is_counted_once_as_its_drain() {
-        let retry = RetryPolicy::default();
-        let mut ledger = Ledger::default();
-        let mut attempt = ended(0, "Completed", MEMORY_STOP);
-        attempt.pods[0].guard_action = Some(GuardAction::Drain);
-        let outcome = outcome_of(&attempt).unwrap();
-        let settled = settle(
-            &mut ledger,
-            Ran::new(BATCH, 1),
-            outcome,
-            &policy(&retry),
-            now(),
-        );
-        assert!(matches!(settled, Settled::Stopped { .. }), "{settled:?}");
-        assert_eq!((ledger.guard.drains, ledger.drained), (1, 1));
-        assert_eq!(ledger.completed.to_string(), "0-29");
-    }
-
-    #[test]
-    fn an_in_process_stop_without_progress_is_halved_like_any_drain() {
-        let retry = RetryPolicy::default();
-        let mut ledger = Ledger::default();
-        let stop = r#"{"records": 0, "resumeFrom": 0, "stoppedFor": "memory",
-            "memory": {"workingSetBytes": 9, "limitBytes": 10}}"#;
-        let outcome = outcome_of(&ended(0, "Completed", stop)).unwrap();
-        let settled = settle(
-            &mut ledger,
-            Ran::new(BATCH, 1),
-            outcome,
-            &policy(&retry),
-            now(),
-        );
-        assert!(
-            matches!(settled, Settled::DrainedInProcess { ref pieces, .. } if pieces.len() == 2),
-            "{settled:?}"
-        );
-    }
-
-    #[test]
-    fn a_garbled_memory_stop_fails_the_attempt_as_bad_output() {
-        let garbled = r#"{"records": 30, "resumeFrom": 30, "stoppedFor": "memory"}"#;
-        let Some(Outcome::Failed {
-            reason, message, ..
-        }) = outcome_of(&ended(0, "Completed", garbled))
-        else {
-            panic!()
-        };
-        assert_eq!(reason, BatchReason::BadOutput);
-        assert!(message.contains("stoppedFor"), "{message}");
-    }
-
-    #[test]
-    fn long_failure_messages_are_truncated_on_a_char_boundary() {
-        let text = "é".repeat(600);
-        let cut = truncate(&text, 511);
-        assert!(cut.len() <= 514 && cut.ends_with('…'));
-    }
-}
+mod tests;
