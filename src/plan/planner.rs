@@ -398,31 +398,7 @@ fn run_state(
                 ),
             };
         }
-        let last = ledger
-            .failures
-            .last()
-            .map(|f| {
-                format!(
-                    "; last failure: records {} attempt {}: {}: {}",
-                    f.range, f.attempt, f.reason, f.message
-                )
-            })
-            .unwrap_or_default();
-        let stop = if failing {
-            format!(
-                " (more than {} batches failed, the run stopped)",
-                spec.retry.max_failed_batches
-            )
-        } else {
-            String::new()
-        };
-        return RunState::Failed {
-            reason: "BatchesFailed".into(),
-            message: format!(
-                "records {} failed after {} attempts{stop}{last}",
-                ledger.failed, spec.retry.max_attempts
-            ),
-        };
+        return batches_failed(spec, ledger, failing);
     }
     let done = ledger.completed.len();
     let message = format!(
@@ -438,6 +414,36 @@ fn run_state(
         RunState::Pending { message }
     } else {
         RunState::Running { message }
+    }
+}
+
+/// A run that ended with failed records: which, why the last one failed, and whether it
+/// stopped early.
+fn batches_failed(spec: &BatchRunSpec, ledger: &Ledger, failing: bool) -> RunState {
+    let last = ledger
+        .failures
+        .last()
+        .map(|f| {
+            format!(
+                "; last failure: records {} attempt {}: {}: {}",
+                f.range, f.attempt, f.reason, f.message
+            )
+        })
+        .unwrap_or_default();
+    let stop = if failing {
+        format!(
+            " (more than {} batches failed, the run stopped)",
+            spec.retry.max_failed_batches
+        )
+    } else {
+        String::new()
+    };
+    RunState::Failed {
+        reason: "BatchesFailed".into(),
+        message: format!(
+            "records {} failed after {} attempts{stop}{last}",
+            ledger.failed, spec.retry.max_attempts
+        ),
     }
 }
 

@@ -32,8 +32,11 @@ const WANT_TTL: Duration = Duration::from_secs(600);
 /// controller and the guard hold one each.
 #[derive(Clone, Default)]
 pub struct Queues {
-    entries: Arc<Mutex<HashMap<(String, String), Arc<QueueEntry>>>>,
+    entries: Arc<Mutex<Registry>>,
 }
+
+/// Queue entries by (namespace, queue name).
+type Registry = HashMap<(String, String), Arc<QueueEntry>>;
 
 /// One queue: a turn that serializes admission, and the in-flight facts.
 #[derive(Default)]
