@@ -44,7 +44,7 @@ pub async fn execute(
         // must not overwrite a newer ledger.
         let body =
             json!({"metadata": {"resourceVersion": run.resource_version()}, "status": status});
-        ctx.metrics.count_request("patch", "batchruns/status");
+        ctx.metrics.api.count_request("patch", "batchruns/status");
         match runs
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
             .await
@@ -58,7 +58,7 @@ pub async fn execute(
         }
         let (done, records) = status.progress_counts().unwrap_or((0, 0));
         let phase = status.phase.map(|p| format!("{p:?}")).unwrap_or_default();
-        ctx.metrics.observe_run(
+        ctx.metrics.runs.observe_run(
             &namespace,
             &name,
             RunFigures {
@@ -119,7 +119,7 @@ pub async fn execute(
                     let bytes = job_memory_bytes(&job);
                     queue.expect(&job_name, Holding { run: uid.clone(), bytes });
                 }
-                ctx.metrics.count_request("create", "jobs");
+                ctx.metrics.api.count_request("create", "jobs");
                 let created = jobs.create(&PostParams::default(), &job).await;
                 if created.is_err()
                     && let Some(queue) = queue
@@ -169,7 +169,7 @@ pub async fn execute(
     for notice in &plan.notices {
         count(ctx, notice);
         if let Some(event) = event_for(notice) {
-            ctx.metrics.count_request("post", "events");
+            ctx.metrics.api.count_request("post", "events");
             if let Err(e) = ctx.recorder.publish(&event, &run.object_ref(&())).await {
                 tracing::warn!(error = %e, "could not publish an event");
             }
@@ -214,11 +214,11 @@ async fn remove(
     let background = DeleteParams::background();
     let deleted = match removal {
         Removal::Job(name) => {
-            ctx.metrics.count_request("delete", "jobs");
+            ctx.metrics.api.count_request("delete", "jobs");
             jobs.delete(&name, &background).await.map(|_| ())
         }
         Removal::Pod(name) => {
-            ctx.metrics.count_request("delete", "pods");
+            ctx.metrics.api.count_request("delete", "pods");
             pods.delete(&name, &DeleteParams::default())
                 .await
                 .map(|_| ())
@@ -244,7 +244,7 @@ pub async fn release_finalizer(pods: &Api<Pod>, pod: &Pod, ctx: &Context) -> Res
     let Some(patch) = finalizer_removal(pod.finalizers(), RESULT_FINALIZER) else {
         return Ok(());
     };
-    ctx.metrics.count_request("patch", "pods");
+    ctx.metrics.api.count_request("patch", "pods");
     match pods
         .patch(
             &pod.name_any(),
@@ -275,9 +275,9 @@ fn count(ctx: &Context, notice: &Notice) {
         Settled::Stopped { .. } => "stopped_by_guard",
         Settled::DrainedInProcess { .. } => {
             // The operator's guard counts its own actions when it takes them.
-            ctx.metrics.count_guard_action("DrainedInProcess");
+            ctx.metrics.guard.count_action("DrainedInProcess");
             "stopped_by_guard"
         }
     };
-    ctx.metrics.count_batch(result);
+    ctx.metrics.runs.count_batch(result);
 }

@@ -41,7 +41,8 @@ pub async fn reconcile(run: Arc<BatchRun>, ctx: Arc<Context>) -> Result<Action, 
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics
-        .observe_reconcile(started.elapsed(), result.is_err());
+        .runs
+        .observe_reconcile(started.elapsed(), result.as_ref().err().map(|_| "error"));
     if result.is_ok() {
         ctx.setbacks.reconciled(&run_uid);
     }
@@ -54,7 +55,7 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
     }
     // The controller's cache may not hold our last status write yet; planning from an old
     // ledger would relaunch finished batches, so the run is read fresh.
-    ctx.metrics.count_request("get", "batchruns");
+    ctx.metrics.api.count_request("get", "batchruns");
     let run = api.get(&cached.name_any()).await?;
     let uid = run.uid().unwrap_or_default();
     let namespace = run.namespace().ok_or(Error::NoNamespace)?;
@@ -242,7 +243,7 @@ async fn pod_refusals(
     };
     let events: Api<Event> = Api::namespaced(ctx.client.clone(), namespace);
     let selector = format!("involvedObject.uid={job_uid},reason=FailedCreate");
-    ctx.metrics.count_request("list", "events");
+    ctx.metrics.api.count_request("list", "events");
     let found = events
         .list(&ListParams::default().fields(&selector))
         .await?;
@@ -313,7 +314,7 @@ async fn cleanup(run: &BatchRun, ctx: &Context) -> Result<Action, Error> {
             release_finalizer(&pods, &pod, ctx).await?;
         }
     }
-    ctx.metrics.forget_run(&namespace, &run.name_any());
+    ctx.metrics.runs.forget_run(&namespace, &run.name_any());
     ctx.queues.forget_run(&namespace, &uid);
     ctx.setbacks.forget(&uid);
     tracing::info!(run = %run.name_any(), "run deleted: its Jobs are removed and its pods released");
