@@ -44,7 +44,6 @@ pub async fn execute(
         // must not overwrite a newer ledger.
         let body =
             json!({"metadata": {"resourceVersion": run.resource_version()}, "status": status});
-        ctx.metrics.api.count_request("patch", "batchruns/status");
         match runs
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
             .await
@@ -84,7 +83,7 @@ pub async fn execute(
             let pods = pods.clone();
             async move {
                 match cached {
-                    Some(pod) => release_finalizer(&pods, &pod, ctx).await,
+                    Some(pod) => release_finalizer(&pods, &pod).await,
                     None => Ok(()),
                 }
             }
@@ -119,7 +118,6 @@ pub async fn execute(
                     let bytes = job_memory_bytes(&job);
                     queue.expect(&job_name, Holding { run: uid.clone(), bytes });
                 }
-                ctx.metrics.api.count_request("create", "jobs");
                 let created = jobs.create(&PostParams::default(), &job).await;
                 if created.is_err()
                     && let Some(queue) = queue
@@ -160,16 +158,17 @@ pub async fn execute(
     let removed = stream::iter(removals)
         .map(|removal| {
             let (jobs, pods) = (jobs.clone(), pods.clone());
-            async move { remove(removal, &jobs, &pods, ctx).await }
+            async move { remove(removal, &jobs, &pods).await }
         })
         .buffer_unordered(IN_FLIGHT)
         .collect::<Vec<_>>();
+    // join! polls in this order, so releases reach the apiserver ahead of launches
+    // (executor_tests pins the order).
     let (released, created, removed) = futures::join!(released, created, removed);
 
     for notice in &plan.notices {
         count(ctx, notice);
         if let Some(event) = event_for(notice) {
-            ctx.metrics.api.count_request("post", "events");
             if let Err(e) = ctx.recorder.publish(&event, &run.object_ref(&())).await {
                 tracing::warn!(error = %e, "could not publish an event");
             }
@@ -205,24 +204,14 @@ enum Removal {
 }
 
 /// Deletes a settled Job (in the background: its pods follow) or a pod; gone already is fine.
-async fn remove(
-    removal: Removal,
-    jobs: &Api<Job>,
-    pods: &Api<Pod>,
-    ctx: &Context,
-) -> Result<(), Error> {
+async fn remove(removal: Removal, jobs: &Api<Job>, pods: &Api<Pod>) -> Result<(), Error> {
     let background = DeleteParams::background();
     let deleted = match removal {
-        Removal::Job(name) => {
-            ctx.metrics.api.count_request("delete", "jobs");
-            jobs.delete(&name, &background).await.map(|_| ())
-        }
-        Removal::Pod(name) => {
-            ctx.metrics.api.count_request("delete", "pods");
-            pods.delete(&name, &DeleteParams::default())
-                .await
-                .map(|_| ())
-        }
+        Removal::Job(name) => jobs.delete(&name, &background).await.map(|_| ()),
+        Removal::Pod(name) => pods
+            .delete(&name, &DeleteParams::default())
+            .await
+            .map(|_| ()),
     };
     match deleted {
         Ok(()) => Ok(()),
@@ -240,11 +229,10 @@ fn refuses(code: u16) -> bool {
 
 /// Removes the result finalizer, and only it: the JSON patch tests the entry it removes, so a
 /// concurrent change of the pod's finalizers makes it fail instead of dropping another one.
-pub async fn release_finalizer(pods: &Api<Pod>, pod: &Pod, ctx: &Context) -> Result<(), Error> {
+pub async fn release_finalizer(pods: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
     let Some(patch) = finalizer_removal(pod.finalizers(), RESULT_FINALIZER) else {
         return Ok(());
     };
-    ctx.metrics.api.count_request("patch", "pods");
     match pods
         .patch(
             &pod.name_any(),

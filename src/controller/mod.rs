@@ -3,6 +3,8 @@
 
 mod events;
 mod executor;
+#[cfg(test)]
+mod executor_tests;
 pub mod job;
 pub mod labels;
 pub mod observe;

@@ -66,7 +66,6 @@ pub async fn reconcile(queue: Arc<BatchQueue>, ctx: Arc<Context>) -> Result<Acti
     };
     if status != old {
         let api: Api<BatchQueue> = Api::namespaced(ctx.client.clone(), &namespace);
-        ctx.metrics.api.count_request("patch", "batchqueues/status");
         api.patch_status(
             &name,
             &PatchParams::default(),

@@ -55,7 +55,6 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
     }
     // The controller's cache may not hold our last status write yet; planning from an old
     // ledger would relaunch finished batches, so the run is read fresh.
-    ctx.metrics.api.count_request("get", "batchruns");
     let run = api.get(&cached.name_any()).await?;
     let uid = run.uid().unwrap_or_default();
     let namespace = run.namespace().ok_or(Error::NoNamespace)?;
@@ -243,7 +242,6 @@ async fn pod_refusals(
     };
     let events: Api<Event> = Api::namespaced(ctx.client.clone(), namespace);
     let selector = format!("involvedObject.uid={job_uid},reason=FailedCreate");
-    ctx.metrics.api.count_request("list", "events");
     let found = events
         .list(&ListParams::default().fields(&selector))
         .await?;
@@ -311,7 +309,7 @@ async fn cleanup(run: &BatchRun, ctx: &Context) -> Result<Action, Error> {
         .await?;
     for pod in pods.list(&ListParams::default().labels(&selector)).await? {
         if pod.finalizers().iter().any(|f| f == RESULT_FINALIZER) {
-            release_finalizer(&pods, &pod, ctx).await?;
+            release_finalizer(&pods, &pod).await?;
         }
     }
     ctx.metrics.runs.forget_run(&namespace, &run.name_any());

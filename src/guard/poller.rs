@@ -346,7 +346,6 @@ impl Poller {
             RESIZE_AT_ANNOTATION: jiff::Timestamp::now().to_string(),
             RESIZES_ANNOTATION: (resizes_of(pod.annotations()) + 1).to_string(),
         }}});
-        self.metrics.api.count_request("patch", "pods");
         pods.patch(name, &PatchParams::default(), &Patch::Merge(&mark))
             .await
             .map_err(|e| format!("could not mark it for a resize: {}", api_message(&e)))?;
@@ -357,7 +356,6 @@ impl Poller {
                 "limits": {"memory": bytes_quantity(limit)},
             },
         }]}});
-        self.metrics.api.count_request("patch", "pods/resize");
         pods.patch_subresource(
             "resize",
             name,
@@ -456,7 +454,6 @@ impl Poller {
                 ACTION_ANNOTATION: format!("{:?}", decision.action),
                 PERCENT_ANNOTATION: decision.percent.to_string(),
             }}});
-            self.metrics.api.count_request("patch", "pods");
             if let Err(error) = pods
                 .patch(&decision.pod, &PatchParams::default(), &Patch::Merge(&mark))
                 .await
@@ -466,7 +463,6 @@ impl Poller {
             }
         }
         if let Some(grace) = decision.grace_seconds {
-            self.metrics.api.count_request("delete", "pods");
             let params = DeleteParams {
                 grace_period_seconds: Some(grace.max(0) as u32),
                 preconditions: decision.retry.then_some(Preconditions {

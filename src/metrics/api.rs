@@ -32,15 +32,6 @@ impl ApiMetrics {
         Self { requests }
     }
 
-    pub fn count_request(&self, verb: &str, resource: &str) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                verb: verb.into(),
-                resource: resource.into(),
-            })
-            .inc();
-    }
-
     /// The layer that counts a client's requests here.
     pub fn layer(&self) -> CountRequests {
         CountRequests {

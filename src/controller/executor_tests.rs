@@ -1,0 +1,260 @@
+//! The executor against a mock apiserver (tower-test): the calls it makes, in their order.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tower::Layer;
+
+use super::Context;
+use super::executor::execute;
+use super::labels::RESULT_FINALIZER;
+use crate::api::{
+    BatchRun, BatchRunSpec, BatchRunStatus, InputSpec, MemoryResources, RecordRangeSpec,
+    WorkerResources,
+};
+use crate::metrics::{Metrics, RequestLabels};
+use crate::plan::{Launch, Plan, RecordRange};
+
+/// One request the mock apiserver received.
+#[derive(Debug, Clone)]
+struct Call {
+    method: Method,
+    path: String,
+    body: Value,
+}
+
+impl Call {
+    fn is(&self, method: Method, path: &str) -> bool {
+        self.method == method && self.path == path
+    }
+}
+
+const STATUS: &str = "/apis/batchguard.dev/v1alpha1/namespaces/ns/batchruns/payroll/status";
+const POD: &str = "/api/v1/namespaces/ns/pods/payroll-w-1";
+const JOBS: &str = "/apis/batch/v1/namespaces/ns/jobs";
+
+/// How the mock apiserver answers the run's status write.
+#[derive(Clone, Copy)]
+enum StatusWrite {
+    Accepted,
+    Conflict,
+}
+
+/// A mock apiserver that records every request and answers it: the status write as told,
+/// every other write by echoing the object back.
+fn apiserver(
+    status_write: StatusWrite,
+) -> (Client, Arc<Metrics>, tokio::task::JoinHandle<Vec<Call>>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let metrics = Arc::new(Metrics::default());
+    // The client as main builds it: requests are counted by the layer.
+    let client = Client::new(metrics.api.layer().layer(service), "default");
+    let served = tokio::spawn(async move {
+        let mut calls = vec![];
+        while let Some((request, respond)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect_bytes().await.expect("a request body");
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let call = Call {
+                method: parts.method,
+                path: parts.uri.path().to_string(),
+                body,
+            };
+            let (code, answer) = match status_write {
+                StatusWrite::Conflict if call.is(Method::PATCH, STATUS) => (
+                    StatusCode::CONFLICT,
+                    json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "reason": "Conflict", "code": 409,
+                        "message": "the object has been modified; please apply your changes to the latest version",
+                    }),
+                ),
+                _ if call.is(Method::PATCH, STATUS) => {
+                    (StatusCode::OK, serde_json::to_value(run()).unwrap())
+                }
+                _ if call.is(Method::PATCH, POD) => {
+                    (StatusCode::OK, serde_json::to_value(pod()).unwrap())
+                }
+                _ => (StatusCode::CREATED, call.body.clone()),
+            };
+            let response = Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap();
+            respond.send_response(response);
+            calls.push(call);
+        }
+        calls
+    });
+    (client, metrics, served)
+}
+
+fn run() -> BatchRun {
+    let template: PodTemplateSpec = serde_json::from_value(json!({
+        "spec": {"containers": [{"name": "worker", "image": "acme/payroll:1.4"}]}
+    }))
+    .unwrap();
+    let mut run = BatchRun::new(
+        "payroll",
+        BatchRunSpec {
+            input: InputSpec {
+                range: Some(RecordRangeSpec { start: 0, end: 100 }),
+                items: None,
+                batch_size: 10,
+            },
+            parallelism: 3,
+            template,
+            resources: WorkerResources {
+                memory: MemoryResources {
+                    request: "1Gi".into(),
+                    limit: "2Gi".into(),
+                    max: None,
+                },
+            },
+            memory_guard: Default::default(),
+            retry: Default::default(),
+            retention: Default::default(),
+            suspend: false,
+            queue: None,
+            kueue: None,
+            start_timeout_seconds: 120,
+        },
+    );
+    run.metadata.namespace = Some("ns".into());
+    run.metadata.uid = Some("uid-1".into());
+    run.metadata.resource_version = Some("41".into());
+    run
+}
+
+/// A worker pod whose result is counted and that still holds the result finalizer.
+fn pod() -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": "payroll-w-1", "namespace": "ns",
+            "finalizers": ["example.com/other", RESULT_FINALIZER],
+        }
+    }))
+    .unwrap()
+}
+
+/// A plan that writes the status, releases one pod's result and launches one batch.
+fn plan() -> Plan {
+    Plan {
+        status: Some(BatchRunStatus::default()),
+        release: vec!["payroll-w-1".into()],
+        remove_jobs: vec![],
+        stop: vec![],
+        launch: vec![Launch {
+            range: RecordRange::new(10, 20),
+            attempt: 1,
+            memory_limit: None,
+        }],
+        notices: vec![],
+        requeue_after: None,
+    }
+}
+
+fn context(client: Client, metrics: Arc<Metrics>, pods: Store<Pod>) -> Context {
+    let reporter = Reporter {
+        controller: "batchguard".into(),
+        instance: None,
+    };
+    Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        metrics,
+        jobs: reflector::store::<Job>().0,
+        pods,
+        caches_ready: AtomicBool::new(true),
+        guard: None,
+        queue_store: reflector::store().0,
+        runs: reflector::store().0,
+        queues: Default::default(),
+        setbacks: Default::default(),
+    }
+}
+
+/// Runs the executor on `plan()` against the mock apiserver; returns the calls it made.
+async fn execute_plan(status_write: StatusWrite) -> (Vec<Call>, Arc<Metrics>) {
+    let (client, metrics, served) = apiserver(status_write);
+    let (pods, mut writer) = reflector::store::<Pod>();
+    writer.apply_watcher_event(&watcher::Event::Apply(pod()));
+    let ctx = context(client, metrics.clone(), pods);
+    let outcome = execute(&run(), plan(), &ctx, None).await;
+    assert!(outcome.is_ok(), "{outcome:?}");
+    // With the last client gone, the mock apiserver hears no more and hands its record over.
+    drop(ctx);
+    (served.await.expect("the mock apiserver"), metrics)
+}
+
+#[tokio::test]
+async fn status_is_written_before_results_are_released_and_before_jobs_launch() {
+    let (calls, metrics) = execute_plan(StatusWrite::Accepted).await;
+    let order: Vec<(Method, &str)> = calls
+        .iter()
+        .map(|c| (c.method.clone(), c.path.as_str()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            (Method::PATCH, STATUS),
+            (Method::PATCH, POD),
+            (Method::POST, JOBS),
+        ],
+        "the status holds the results before any pod lets its result go or a new Job starts"
+    );
+    // The status write is conditional on the resourceVersion the plan was made from.
+    assert_eq!(calls[0].body["metadata"]["resourceVersion"], "41");
+    // Only the result finalizer goes, tested in place first.
+    assert_eq!(
+        calls[1].body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers/1", "value": RESULT_FINALIZER},
+            {"op": "remove", "path": "/metadata/finalizers/1"},
+        ])
+    );
+    let job: Job = serde_json::from_value(calls[2].body.clone()).unwrap();
+    assert!(job.name_any().starts_with("payroll"), "{}", job.name_any());
+    let counted = |verb: &str, resource: &str| {
+        metrics
+            .api
+            .requests
+            .get_or_create(&RequestLabels {
+                verb: verb.into(),
+                resource: resource.into(),
+            })
+            .get()
+    };
+    assert_eq!(
+        [
+            counted("patch", "batchruns/status"),
+            counted("patch", "pods"),
+            counted("create", "jobs")
+        ],
+        [1, 1, 1],
+        "the client's layer counts each request"
+    );
+}
+
+#[tokio::test]
+async fn a_conflicting_status_write_releases_nothing_and_launches_nothing() {
+    let (calls, _) = execute_plan(StatusWrite::Conflict).await;
+    let order: Vec<(Method, &str)> = calls
+        .iter()
+        .map(|c| (c.method.clone(), c.path.as_str()))
+        .collect();
+    assert_eq!(
+        order,
+        [(Method::PATCH, STATUS)],
+        "a plan made from an old read is dropped whole"
+    );
+}
