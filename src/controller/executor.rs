@@ -53,7 +53,12 @@ pub async fn execute(
                 tracing::debug!("status changed under us; planning again");
                 return Ok(Action::requeue(Duration::from_millis(100)));
             }
-            Err(e) => return Err(e.into()),
+            Err(source) => {
+                return Err(Error::WriteStatus {
+                    run: name.clone(),
+                    source,
+                });
+            }
         }
         let (done, records) = status.progress_counts().unwrap_or((0, 0));
         let phase = status.phase.map(|p| format!("{p:?}")).unwrap_or_default();
@@ -140,7 +145,7 @@ pub async fn execute(
                         refused.store(true, std::sync::atomic::Ordering::Relaxed);
                         Ok(())
                     }
-                    Err(e) => Err(Error::from(e)),
+                    Err(source) => Err(Error::LaunchJob { job: job_name, source }),
                 }
             }
         })
@@ -206,17 +211,18 @@ enum Removal {
 /// Deletes a settled Job (in the background: its pods follow) or a pod; gone already is fine.
 async fn remove(removal: Removal, jobs: &Api<Job>, pods: &Api<Pod>) -> Result<(), Error> {
     let background = DeleteParams::background();
-    let deleted = match removal {
-        Removal::Job(name) => jobs.delete(&name, &background).await.map(|_| ()),
+    let deleted = match &removal {
+        Removal::Job(name) => jobs.delete(name, &background).await.map(|_| ()),
         Removal::Pod(name) => pods
-            .delete(&name, &DeleteParams::default())
+            .delete(name, &DeleteParams::default())
             .await
             .map(|_| ()),
     };
-    match deleted {
-        Ok(()) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+    match (deleted, removal) {
+        (Ok(()), _) => Ok(()),
+        (Err(kube::Error::Api(e)), _) if e.code == 404 => Ok(()),
+        (Err(source), Removal::Job(job)) => Err(Error::RemoveJob { job, source }),
+        (Err(source), Removal::Pod(pod)) => Err(Error::StopPod { pod, source }),
     }
 }
 
@@ -244,7 +250,10 @@ pub async fn release_finalizer(pods: &Api<Pod>, pod: &Pod) -> Result<(), Error> 
         Ok(_) => Ok(()),
         // Gone already, or the finalizers moved: the next reconcile sees the new state.
         Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409 | 422) => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(source) => Err(Error::ReleaseFinalizer {
+            pod: pod.name_any(),
+            source,
+        }),
     }
 }
 

@@ -71,7 +71,11 @@ pub async fn reconcile(queue: Arc<BatchQueue>, ctx: Arc<Context>) -> Result<Acti
             &PatchParams::default(),
             &Patch::Merge(json!({ "status": status })),
         )
-        .await?;
+        .await
+        .map_err(|source| Error::WriteQueueStatus {
+            queue: name.clone(),
+            source,
+        })?;
     }
     Ok(Action::requeue(REFRESH))
 }
