@@ -29,6 +29,12 @@ const RESYNC: Duration = Duration::from_secs(300);
 
 /// `queue`, for a queued run, learns of each Job before it is created, so the queue's next
 /// admission counts it even before the cache shows it.
+#[tracing::instrument(skip_all, fields(
+    run = %run.name_any(),
+    status_write = plan.status.is_some(),
+    releases = plan.release.len(),
+    launches = plan.launch.len(),
+))]
 pub async fn execute(
     run: &BatchRun,
     plan: Plan,

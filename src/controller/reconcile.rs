@@ -25,7 +25,10 @@ use crate::plan::{
     seat_of, share, universe,
 };
 
-#[tracing::instrument(skip_all, fields(run = %run.name_any(), namespace = run.namespace().unwrap_or_default()))]
+#[tracing::instrument(skip_all, fields(
+    run = %run.name_any(),
+    namespace = run.namespace().unwrap_or_default(),
+))]
 pub async fn reconcile(run: Arc<BatchRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let namespace = run.namespace().ok_or(Error::NoNamespace)?;
@@ -59,6 +62,7 @@ async fn publish_failure(error: &Error, reference: &ObjectReference, ctx: &Conte
     }
 }
 
+#[tracing::instrument(skip_all)]
 async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<Action, Error> {
     if !ctx.caches_ready.load(Ordering::Relaxed) {
         return Ok(Action::requeue(Duration::from_millis(500)));
@@ -231,6 +235,7 @@ const PODLESS_GRACE: Duration = Duration::from_secs(5);
 /// Looks up why the Job controller created no pod for the run's podless Jobs (one Job per
 /// reconcile, so a run with many refused Jobs costs one list), and writes it into `attempts`.
 /// Returns the Jobs whose pod is refused.
+#[tracing::instrument(skip_all)]
 async fn pod_refusals(
     attempts: &mut [ObservedAttempt],
     jobs: &[&Job],
@@ -324,6 +329,7 @@ fn check_spec(run: &BatchRun) -> Result<u64, InvalidSpec> {
 }
 
 /// A deleted run releases its worker pods (they hold the result finalizer) and its Jobs.
+#[tracing::instrument(skip_all)]
 async fn cleanup(run: &BatchRun, ctx: &Context) -> Result<Action, Error> {
     let namespace = run.namespace().ok_or(Error::NoNamespace)?;
     let uid = run.uid().unwrap_or_default();

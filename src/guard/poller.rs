@@ -97,6 +97,10 @@ impl Poller {
         }
     }
 
+    #[tracing::instrument(name = "poll", skip_all, fields(
+        run = %run.name_any(),
+        namespace = run.namespace().unwrap_or_default(),
+    ))]
     async fn poll_run(&self, run: &BatchRun) {
         let Some(uid) = run.uid() else { return };
         let Some(namespace) = run.namespace() else {

@@ -234,8 +234,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_layer_counts_each_request_it_passes_on() {
+    #[tokio::test]
+    async fn the_layer_counts_each_request_it_passes_on() {
         let metrics = ApiMetrics::register(&mut Registry::default());
         let mut service = metrics
             .layer()
@@ -243,9 +243,18 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(())
             }));
         let request = |uri: &str| Request::get(uri).body(()).unwrap();
-        let _ = service.call(request("/apis/batch/v1/namespaces/ns/jobs/a"));
-        let _ = service.call(request("/apis/batch/v1/namespaces/ns/jobs/b"));
-        let _ = service.call(request("/apis/batch/v1/namespaces/ns/jobs?watch=true"));
+        service
+            .call(request("/apis/batch/v1/namespaces/ns/jobs/a"))
+            .await
+            .unwrap();
+        service
+            .call(request("/apis/batch/v1/namespaces/ns/jobs/b"))
+            .await
+            .unwrap();
+        service
+            .call(request("/apis/batch/v1/namespaces/ns/jobs?watch=true"))
+            .await
+            .unwrap();
         let labels = RequestLabels {
             verb: "get".into(),
             resource: "jobs".into(),
