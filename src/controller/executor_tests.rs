@@ -7,16 +7,18 @@ use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tower::Layer;
 
-use super::Context;
+use super::events::failure_event;
 use super::executor::execute;
 use super::labels::RESULT_FINALIZER;
+use super::{Context, Error};
 use crate::api::{
     BatchRun, BatchRunSpec, BatchRunStatus, InputSpec, MemoryResources, RecordRangeSpec,
     WorkerResources,
@@ -47,6 +49,7 @@ const JOBS: &str = "/apis/batch/v1/namespaces/ns/jobs";
 enum StatusWrite {
     Accepted,
     Conflict,
+    Unavailable,
 }
 
 /// A mock apiserver that records every request and answers it: the status write as told,
@@ -70,13 +73,15 @@ fn apiserver(
                 body,
             };
             let (code, answer) = match status_write {
-                StatusWrite::Conflict if call.is(Method::PATCH, STATUS) => (
+                StatusWrite::Conflict if call.is(Method::PATCH, STATUS) => failure(
                     StatusCode::CONFLICT,
-                    json!({
-                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                        "reason": "Conflict", "code": 409,
-                        "message": "the object has been modified; please apply your changes to the latest version",
-                    }),
+                    "Conflict",
+                    "the object has been modified",
+                ),
+                StatusWrite::Unavailable if call.is(Method::PATCH, STATUS) => failure(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "etcd is down",
                 ),
                 _ if call.is(Method::PATCH, STATUS) => {
                     (StatusCode::OK, serde_json::to_value(run()).unwrap())
@@ -96,6 +101,15 @@ fn apiserver(
         calls
     });
     (client, metrics, served)
+}
+
+/// An apiserver's refusal: a `Status` with its code.
+fn failure(code: StatusCode, reason: &str, message: &str) -> (StatusCode, Value) {
+    let status = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "reason": reason, "message": message, "code": code.as_u16(),
+    });
+    (code, status)
 }
 
 fn run() -> BatchRun {
@@ -183,28 +197,34 @@ fn context(client: Client, metrics: Arc<Metrics>, pods: Store<Pod>) -> Context {
     }
 }
 
-/// Runs the executor on `plan()` against the mock apiserver; returns the calls it made.
-async fn execute_plan(status_write: StatusWrite) -> (Vec<Call>, Arc<Metrics>) {
+/// Runs the executor on `plan()` against the mock apiserver; returns what it returned and
+/// the calls it made.
+async fn execute_plan(
+    status_write: StatusWrite,
+) -> (Result<Action, Error>, Vec<Call>, Arc<Metrics>) {
     let (client, metrics, served) = apiserver(status_write);
     let (pods, mut writer) = reflector::store::<Pod>();
     writer.apply_watcher_event(&watcher::Event::Apply(pod()));
     let ctx = context(client, metrics.clone(), pods);
     let outcome = execute(&run(), plan(), &ctx, None).await;
-    assert!(outcome.is_ok(), "{outcome:?}");
     // With the last client gone, the mock apiserver hears no more and hands its record over.
     drop(ctx);
-    (served.await.expect("the mock apiserver"), metrics)
+    (outcome, served.await.expect("the mock apiserver"), metrics)
+}
+
+fn order(calls: &[Call]) -> Vec<(Method, &str)> {
+    calls
+        .iter()
+        .map(|c| (c.method.clone(), c.path.as_str()))
+        .collect()
 }
 
 #[tokio::test]
 async fn status_is_written_before_results_are_released_and_before_jobs_launch() {
-    let (calls, metrics) = execute_plan(StatusWrite::Accepted).await;
-    let order: Vec<(Method, &str)> = calls
-        .iter()
-        .map(|c| (c.method.clone(), c.path.as_str()))
-        .collect();
+    let (outcome, calls, metrics) = execute_plan(StatusWrite::Accepted).await;
+    assert!(outcome.is_ok(), "{outcome:?}");
     assert_eq!(
-        order,
+        order(&calls),
         [
             (Method::PATCH, STATUS),
             (Method::PATCH, POD),
@@ -247,14 +267,31 @@ async fn status_is_written_before_results_are_released_and_before_jobs_launch() 
 
 #[tokio::test]
 async fn a_conflicting_status_write_releases_nothing_and_launches_nothing() {
-    let (calls, _) = execute_plan(StatusWrite::Conflict).await;
-    let order: Vec<(Method, &str)> = calls
-        .iter()
-        .map(|c| (c.method.clone(), c.path.as_str()))
-        .collect();
+    let (outcome, calls, _) = execute_plan(StatusWrite::Conflict).await;
     assert_eq!(
-        order,
+        order(&calls),
         [(Method::PATCH, STATUS)],
         "a plan made from an old read is dropped whole"
     );
+    // Planned again soon, from a fresh read: not an error.
+    assert!(outcome.is_ok(), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_failed_status_write_stops_the_plan_and_names_its_step() {
+    let (outcome, calls, _) = execute_plan(StatusWrite::Unavailable).await;
+    assert_eq!(order(&calls), [(Method::PATCH, STATUS)]);
+    let error = outcome.expect_err("the status was not written");
+    assert_eq!(error.metric_label(), "write_status");
+    let message = error.to_string();
+    assert!(
+        message.starts_with("could not write the status of BatchRun payroll: "),
+        "{message}"
+    );
+    let event = failure_event(&error);
+    assert_eq!(
+        (event.type_, event.reason.as_str(), event.action.as_str()),
+        (EventType::Warning, "ReconcileFailed", "WriteStatus")
+    );
+    assert_eq!(event.note, Some(message));
 }
