@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::Pod;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder, Reporter};
@@ -19,10 +19,7 @@ use super::events::failure_event;
 use super::executor::execute;
 use super::labels::RESULT_FINALIZER;
 use super::{Context, Error};
-use crate::api::{
-    BatchRun, BatchRunSpec, BatchRunStatus, InputSpec, MemoryResources, RecordRangeSpec,
-    WorkerResources,
-};
+use crate::api::{BatchRun, BatchRunStatus};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::plan::{Launch, Plan, RecordRange};
 
@@ -112,41 +109,20 @@ fn failure(code: StatusCode, reason: &str, message: &str) -> (StatusCode, Value)
     (code, status)
 }
 
+/// The run as a user writes it, with the version the plan was made from.
 fn run() -> BatchRun {
-    let template: PodTemplateSpec = serde_json::from_value(json!({
-        "spec": {"containers": [{"name": "worker", "image": "acme/payroll:1.4"}]}
-    }))
-    .unwrap();
-    let mut run = BatchRun::new(
-        "payroll",
-        BatchRunSpec {
-            input: InputSpec {
-                range: Some(RecordRangeSpec { start: 0, end: 100 }),
-                items: None,
-                batch_size: 10,
-            },
-            parallelism: 3,
-            template,
-            resources: WorkerResources {
-                memory: MemoryResources {
-                    request: "1Gi".into(),
-                    limit: "2Gi".into(),
-                    max: None,
-                },
-            },
-            memory_guard: Default::default(),
-            retry: Default::default(),
-            retention: Default::default(),
-            suspend: false,
-            queue: None,
-            kueue: None,
-            start_timeout_seconds: 120,
+    serde_json::from_value(json!({
+        "apiVersion": "batchguard.dev/v1alpha1",
+        "kind": "BatchRun",
+        "metadata": {"name": "payroll", "namespace": "ns", "uid": "uid-1", "resourceVersion": "41"},
+        "spec": {
+            "input": {"range": {"start": 0, "end": 100}, "batchSize": 10},
+            "parallelism": 3,
+            "template": {"spec": {"containers": [{"name": "worker", "image": "acme/payroll:1.4"}]}},
+            "resources": {"memory": {"request": "1Gi", "limit": "2Gi"}},
         },
-    );
-    run.metadata.namespace = Some("ns".into());
-    run.metadata.uid = Some("uid-1".into());
-    run.metadata.resource_version = Some("41".into());
-    run
+    }))
+    .expect("a valid BatchRun")
 }
 
 /// A worker pod whose result is counted and that still holds the result finalizer.
