@@ -1,8 +1,11 @@
 //! The controller: watches BatchRuns, their Jobs and worker pods, and reconciles each run by
 //! observe → plan → execute.
 
+mod error;
 mod events;
 mod executor;
+#[cfg(test)]
+mod executor_tests;
 pub mod job;
 pub mod labels;
 pub mod observe;
@@ -32,18 +35,8 @@ use crate::guard::prometheus::Prometheus;
 use crate::guard::promql::MemoryMetric;
 use crate::guard::view::GuardView;
 use crate::metrics::Metrics;
+pub use error::Error;
 pub use reconcile::reconcile;
-
-/// Errors of one reconcile; they requeue the run with a delay.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    #[error("the run has no namespace")]
-    NoNamespace,
-}
 
 /// What every reconcile shares.
 pub struct Context {
@@ -122,6 +115,7 @@ pub async fn run(
         .reflect(pod_writer)
         .touched_objects();
 
+    metrics.runs.expect_errors(Error::METRIC_LABELS);
     let reporter = Reporter {
         controller: "batchguard".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -218,9 +212,17 @@ fn queue_error_policy(queue: Arc<BatchQueue>, error: &Error, _ctx: Arc<Context>)
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Failed reconciles of a run back off exponentially (5 s, 10 s, … 5 min), per run.
+/// Failed reconciles of a run back off exponentially (5 s, 10 s, … 5 min), per run; a
+/// successful reconcile resets its count (`setbacks::error_backoff`).
 fn error_policy(run: Arc<BatchRun>, error: &Error, ctx: Arc<Context>) -> Action {
     let delay = ctx.setbacks.failed(&run.uid().unwrap_or_default());
-    tracing::warn!(run = %run.name_any(), %error, retry_in = ?delay, "reconcile failed");
+    tracing::warn!(
+        run = %run.name_any(),
+        namespace = run.namespace().unwrap_or_default(),
+        step = error.metric_label(),
+        %error,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
     Action::requeue(delay)
 }
