@@ -28,6 +28,8 @@ pub async fn head_to_head(
     let mut reps_json = vec![];
     let mut per_batch: BTreeMap<String, f64> = BTreeMap::new();
     let (mut bg_pipelines, mut job_pipelines) = (vec![], vec![]);
+    // The operator's reconcile duration (p50, p99 in ms; bucket bounds) per repetition.
+    let mut reconciles: Vec<(f64, f64)> = vec![];
     for rep in 0..reps {
         let quiet_before = {
             let before = load::sample();
@@ -52,6 +54,11 @@ pub async fn head_to_head(
                 }
                 let load = load::between(&start, &load::sample(), &[operator.pid()]);
                 let latencies = recorder.latencies(work.parallelism as usize, true);
+                let reconcile = |q| {
+                    histogram_quantile(&before, &after, "batchguard_reconcile_duration_seconds", q)
+                        * 1e3
+                };
+                reconciles.push((reconcile(0.5), reconcile(0.99)));
                 bg = Some((seconds, load, latencies));
             } else {
                 let job_spec = indexed_job_of(&format!("indexed-{rep}"), work);
@@ -81,12 +88,15 @@ pub async fn head_to_head(
             println!("   {who:<11} during: {}", load.describe());
             println!("   {who:<11} pipeline: {}", describe(latencies));
         }
+        let (r50, r99) = reconciles[rep];
+        println!("   batchguard  reconcile: p50 <= {r50:.0} ms, p99 <= {r99:.0} ms");
         bg_pipelines.push(bg.2);
         job_pipelines.push(job.2);
         reps_json.push(json!({
             "batchguard_seconds": bg.0, "indexed_job_seconds": job.0, "ratio": ratio, "counted": quiet,
             "load_before": quiet_before, "load_batchguard": bg.1, "load_indexed_job": job.1,
             "pipeline_batchguard": bg.2.json(), "pipeline_indexed_job": job.2.json(),
+            "reconcile_p50_ms": reconciles[rep].0, "reconcile_p99_ms": reconciles[rep].1,
         }));
     }
     let counted: Vec<f64> = reps_json

@@ -54,7 +54,9 @@ pub async fn execute(
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
             .await
         {
-            Ok(_) => {}
+            Ok(written) => ctx
+                .last_writes
+                .wrote(&run.uid().unwrap_or_default(), written.resource_version()),
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 tracing::debug!("status changed under us; planning again");
                 return Ok(Action::requeue(Duration::from_millis(100)));

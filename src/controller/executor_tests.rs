@@ -170,6 +170,7 @@ fn context(client: Client, metrics: Arc<Metrics>, pods: Store<Pod>) -> Context {
         runs: reflector::store().0,
         queues: Default::default(),
         setbacks: Default::default(),
+        last_writes: Default::default(),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod queues;
 mod reconcile;
 mod setbacks;
 pub mod worker_pod;
+mod written;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +57,8 @@ pub struct Context {
     pub queues: queues::Queues,
     /// Refused Job creations and failed reconciles, per run: what backs them off.
     pub setbacks: setbacks::Setbacks,
+    /// The last status this process wrote, per run: when the cache shows it, no fresh read.
+    pub last_writes: written::LastWrites,
 }
 
 /// How the memory guard runs, when it does.
@@ -136,6 +139,7 @@ pub async fn run(
         runs: run_store.clone(),
         queues: Default::default(),
         setbacks: Default::default(),
+        last_writes: Default::default(),
     });
     let pod_store = pods.clone();
     let job_store = jobs.clone();

@@ -68,14 +68,22 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
     // The controller's cache may not hold our last status write yet; planning from an old
-    // ledger would relaunch finished batches, so the run is read fresh.
-    let run = api
-        .get(&cached.name_any())
-        .await
-        .map_err(|source| Error::ReadRun {
-            run: cached.name_any(),
-            source,
-        })?;
+    // ledger would relaunch finished batches, so the run is read fresh unless the cache
+    // shows exactly the version this process last wrote.
+    let uid = cached.uid().unwrap_or_default();
+    let run = if ctx
+        .last_writes
+        .is_current(&uid, cached.resource_version().as_deref())
+    {
+        cached.clone()
+    } else {
+        api.get(&cached.name_any())
+            .await
+            .map_err(|source| Error::ReadRun {
+                run: cached.name_any(),
+                source,
+            })?
+    };
     let uid = run.uid().unwrap_or_default();
     let namespace = run.namespace().ok_or(Error::NoNamespace)?;
     let worker = worker_container(&run);
@@ -333,6 +341,7 @@ fn check_spec(run: &BatchRun) -> Result<u64, InvalidSpec> {
 async fn cleanup(run: &BatchRun, ctx: &Context) -> Result<Action, Error> {
     let namespace = run.namespace().ok_or(Error::NoNamespace)?;
     let uid = run.uid().unwrap_or_default();
+    ctx.last_writes.forget(&uid);
     let selector = format!("{RUN_UID}={uid}");
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
