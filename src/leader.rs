@@ -18,6 +18,18 @@ const LEASE_SECONDS: u64 = 15;
 /// How long a stopping leader waits for its Lease to be released.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why this replica cannot take part in the election.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not join the leader election on Lease {lease}: {source}")]
+    Join {
+        lease: String,
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    #[error("the lease manager of {lease} stopped before this replica became the leader")]
+    Stopped { lease: String },
+}
+
 /// This replica's place in the election.
 pub struct Election {
     state: watch::Receiver<bool>,
@@ -32,12 +44,16 @@ pub async fn join(
     namespace: &str,
     name: &str,
     identity: String,
-) -> anyhow::Result<Election> {
+) -> Result<Election, Error> {
     let manager = LeaseManagerBuilder::new(client, name)
         .with_namespace(namespace)
         .with_parameters(LeaseParams::new(identity, LEASE_SECONDS, 5))
         .build()
-        .await?;
+        .await
+        .map_err(|source| Error::Join {
+            lease: name.to_string(),
+            source,
+        })?;
     let (state, task) = manager.watch().await;
     Ok(Election {
         state,
@@ -48,14 +64,13 @@ pub async fn join(
 
 impl Election {
     /// Blocks until this replica holds the lease.
-    pub async fn lead(&mut self) -> anyhow::Result<()> {
+    pub async fn lead(&mut self) -> Result<(), Error> {
         while !*self.state.borrow_and_update() {
             tracing::info!(lease = %self.lease, "standing by: waiting to become the leader");
             if self.state.changed().await.is_err() {
-                anyhow::bail!(
-                    "the lease manager of {} stopped before this replica became the leader",
-                    self.lease
-                );
+                return Err(Error::Stopped {
+                    lease: self.lease.clone(),
+                });
             }
         }
         tracing::info!(lease = %self.lease, "leading");

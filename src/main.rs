@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 use kube::Client;
+use kube::client::ClientBuilder;
 
 use batchguard::admin::{self, Health};
 use batchguard::metrics::Metrics;
@@ -97,7 +98,11 @@ async fn main() -> anyhow::Result<()> {
     // kube and the Prometheus client share rustls with ring alone (Cargo.toml); reqwest is
     // built without a provider of its own and uses this process-wide one.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::try_default().await?;
+    // Every request the client sends is counted on its way out, by one layer.
+    let metrics = Arc::new(Metrics::default());
+    let client = ClientBuilder::try_from(kube::Config::infer().await?)?
+        .with_layer(&metrics.api.layer())
+        .build();
     match flags.command {
         Some(Command::ReleaseFinalizers) => {
             let released = finalizers::release_all(
@@ -113,12 +118,11 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        None => operate(client, flags).await,
+        None => operate(client, flags, metrics).await,
     }
 }
 
-async fn operate(client: Client, flags: Flags) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
+async fn operate(client: Client, flags: Flags, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let health = Arc::new(Health::default());
     tokio::spawn(admin::serve(
         flags.admin_address,

@@ -1,11 +1,27 @@
 //! Events users care about: failed, resumed, drained and OOM-killed batches, retries users
-//! asked for, and the run's end.
+//! asked for, the run's end, and reconciles that fail.
 //! Successful batches are not announced one by one.
 
 use kube::runtime::events::{Event, EventType};
 
+use super::Error;
 use crate::api::bytes_quantity;
 use crate::plan::{Notice, RunState, Settled};
+
+/// The reason of the Warning Event a failed reconcile publishes on its run.
+pub const RECONCILE_FAILED: &str = "ReconcileFailed";
+
+/// A failed reconcile, told on its run. The step is the Event's action: the recorder folds
+/// repeats of one step into one Event (its count grows) and gives each failing step its own.
+pub fn failure_event(error: &Error) -> Event {
+    Event {
+        type_: EventType::Warning,
+        reason: RECONCILE_FAILED.into(),
+        note: Some(error.to_string().chars().take(1000).collect()),
+        action: error.event_action(),
+        secondary: None,
+    }
+}
 
 pub fn event_for(notice: &Notice) -> Option<Event> {
     let event = |type_, reason: &str, note: String, action: &str| Event {

@@ -29,6 +29,12 @@ const RESYNC: Duration = Duration::from_secs(300);
 
 /// `queue`, for a queued run, learns of each Job before it is created, so the queue's next
 /// admission counts it even before the cache shows it.
+#[tracing::instrument(skip_all, fields(
+    run = %run.name_any(),
+    status_write = plan.status.is_some(),
+    releases = plan.release.len(),
+    launches = plan.launch.len(),
+))]
 pub async fn execute(
     run: &BatchRun,
     plan: Plan,
@@ -44,21 +50,27 @@ pub async fn execute(
         // must not overwrite a newer ledger.
         let body =
             json!({"metadata": {"resourceVersion": run.resource_version()}, "status": status});
-        ctx.metrics.count_request("patch", "batchruns/status");
         match runs
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
             .await
         {
-            Ok(_) => {}
+            Ok(written) => ctx
+                .last_writes
+                .wrote(&run.uid().unwrap_or_default(), written.resource_version()),
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 tracing::debug!("status changed under us; planning again");
                 return Ok(Action::requeue(Duration::from_millis(100)));
             }
-            Err(e) => return Err(e.into()),
+            Err(source) => {
+                return Err(Error::WriteStatus {
+                    run: name.clone(),
+                    source,
+                });
+            }
         }
         let (done, records) = status.progress_counts().unwrap_or((0, 0));
         let phase = status.phase.map(|p| format!("{p:?}")).unwrap_or_default();
-        ctx.metrics.observe_run(
+        ctx.metrics.runs.observe_run(
             &namespace,
             &name,
             RunFigures {
@@ -84,7 +96,7 @@ pub async fn execute(
             let pods = pods.clone();
             async move {
                 match cached {
-                    Some(pod) => release_finalizer(&pods, &pod, ctx).await,
+                    Some(pod) => release_finalizer(&pods, &pod).await,
                     None => Ok(()),
                 }
             }
@@ -119,7 +131,6 @@ pub async fn execute(
                     let bytes = job_memory_bytes(&job);
                     queue.expect(&job_name, Holding { run: uid.clone(), bytes });
                 }
-                ctx.metrics.count_request("create", "jobs");
                 let created = jobs.create(&PostParams::default(), &job).await;
                 if created.is_err()
                     && let Some(queue) = queue
@@ -142,7 +153,7 @@ pub async fn execute(
                         refused.store(true, std::sync::atomic::Ordering::Relaxed);
                         Ok(())
                     }
-                    Err(e) => Err(Error::from(e)),
+                    Err(source) => Err(Error::LaunchJob { job: job_name, source }),
                 }
             }
         })
@@ -160,16 +171,17 @@ pub async fn execute(
     let removed = stream::iter(removals)
         .map(|removal| {
             let (jobs, pods) = (jobs.clone(), pods.clone());
-            async move { remove(removal, &jobs, &pods, ctx).await }
+            async move { remove(removal, &jobs, &pods).await }
         })
         .buffer_unordered(IN_FLIGHT)
         .collect::<Vec<_>>();
+    // join! polls in this order, so releases reach the apiserver ahead of launches
+    // (executor_tests pins the order).
     let (released, created, removed) = futures::join!(released, created, removed);
 
     for notice in &plan.notices {
         count(ctx, notice);
         if let Some(event) = event_for(notice) {
-            ctx.metrics.count_request("post", "events");
             if let Err(e) = ctx.recorder.publish(&event, &run.object_ref(&())).await {
                 tracing::warn!(error = %e, "could not publish an event");
             }
@@ -205,29 +217,20 @@ enum Removal {
 }
 
 /// Deletes a settled Job (in the background: its pods follow) or a pod; gone already is fine.
-async fn remove(
-    removal: Removal,
-    jobs: &Api<Job>,
-    pods: &Api<Pod>,
-    ctx: &Context,
-) -> Result<(), Error> {
+async fn remove(removal: Removal, jobs: &Api<Job>, pods: &Api<Pod>) -> Result<(), Error> {
     let background = DeleteParams::background();
-    let deleted = match removal {
-        Removal::Job(name) => {
-            ctx.metrics.count_request("delete", "jobs");
-            jobs.delete(&name, &background).await.map(|_| ())
-        }
-        Removal::Pod(name) => {
-            ctx.metrics.count_request("delete", "pods");
-            pods.delete(&name, &DeleteParams::default())
-                .await
-                .map(|_| ())
-        }
+    let deleted = match &removal {
+        Removal::Job(name) => jobs.delete(name, &background).await.map(|_| ()),
+        Removal::Pod(name) => pods
+            .delete(name, &DeleteParams::default())
+            .await
+            .map(|_| ()),
     };
-    match deleted {
-        Ok(()) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+    match (deleted, removal) {
+        (Ok(()), _) => Ok(()),
+        (Err(kube::Error::Api(e)), _) if e.code == 404 => Ok(()),
+        (Err(source), Removal::Job(job)) => Err(Error::RemoveJob { job, source }),
+        (Err(source), Removal::Pod(pod)) => Err(Error::StopPod { pod, source }),
     }
 }
 
@@ -240,11 +243,10 @@ fn refuses(code: u16) -> bool {
 
 /// Removes the result finalizer, and only it: the JSON patch tests the entry it removes, so a
 /// concurrent change of the pod's finalizers makes it fail instead of dropping another one.
-pub async fn release_finalizer(pods: &Api<Pod>, pod: &Pod, ctx: &Context) -> Result<(), Error> {
+pub async fn release_finalizer(pods: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
     let Some(patch) = finalizer_removal(pod.finalizers(), RESULT_FINALIZER) else {
         return Ok(());
     };
-    ctx.metrics.count_request("patch", "pods");
     match pods
         .patch(
             &pod.name_any(),
@@ -256,7 +258,10 @@ pub async fn release_finalizer(pods: &Api<Pod>, pod: &Pod, ctx: &Context) -> Res
         Ok(_) => Ok(()),
         // Gone already, or the finalizers moved: the next reconcile sees the new state.
         Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409 | 422) => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(source) => Err(Error::ReleaseFinalizer {
+            pod: pod.name_any(),
+            source,
+        }),
     }
 }
 
@@ -278,9 +283,9 @@ fn count(ctx: &Context, notice: &Notice) {
         Settled::Stopped { .. } => "stopped_by_guard",
         Settled::DrainedInProcess { .. } => {
             // The operator's guard counts its own actions when it takes them.
-            ctx.metrics.count_guard_action("DrainedInProcess");
+            ctx.metrics.guard.count_action("DrainedInProcess");
             "stopped_by_guard"
         }
     };
-    ctx.metrics.count_batch(result);
+    ctx.metrics.runs.count_batch(result);
 }

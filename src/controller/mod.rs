@@ -1,13 +1,17 @@
 //! The controller: watches BatchRuns, their Jobs and worker pods, and reconciles each run by
 //! observe → plan → execute.
 
+mod error;
 mod events;
 mod executor;
+#[cfg(test)]
+mod executor_tests;
 pub mod job;
 pub mod observe;
 mod queue_status;
 mod reconcile;
 mod setbacks;
+mod written;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,18 +33,8 @@ use crate::metrics::Metrics;
 use crate::prometheus::Prometheus;
 use crate::prometheus::promql::MemoryMetric;
 use crate::queues;
+pub use error::Error;
 pub use reconcile::reconcile;
-
-/// Errors of one reconcile; they requeue the run with a delay.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    #[error("the run has no namespace")]
-    NoNamespace,
-}
 
 /// What every reconcile shares.
 pub struct Context {
@@ -60,6 +54,8 @@ pub struct Context {
     pub queues: queues::Queues,
     /// Refused Job creations and failed reconciles, per run: what backs them off.
     pub setbacks: setbacks::Setbacks,
+    /// The last status this process wrote, per run: when the cache shows it, no fresh read.
+    pub last_writes: written::LastWrites,
 }
 
 /// How the memory guard runs, when it does.
@@ -119,6 +115,7 @@ pub async fn run(
         .reflect(pod_writer)
         .touched_objects();
 
+    metrics.runs.expect_errors(Error::METRIC_LABELS);
     let reporter = Reporter {
         controller: "batchguard".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -139,6 +136,7 @@ pub async fn run(
         runs: run_store.clone(),
         queues: Default::default(),
         setbacks: Default::default(),
+        last_writes: Default::default(),
     });
     let pod_store = pods.clone();
     let job_store = jobs.clone();
@@ -216,9 +214,17 @@ fn queue_error_policy(queue: Arc<BatchQueue>, error: &Error, _ctx: Arc<Context>)
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Failed reconciles of a run back off exponentially (5 s, 10 s, … 5 min), per run.
+/// Failed reconciles of a run back off exponentially (5 s, 10 s, … 5 min), per run; a
+/// successful reconcile resets its count (`setbacks::error_backoff`).
 fn error_policy(run: Arc<BatchRun>, error: &Error, ctx: Arc<Context>) -> Action {
     let delay = ctx.setbacks.failed(&run.uid().unwrap_or_default());
-    tracing::warn!(run = %run.name_any(), %error, retry_in = ?delay, "reconcile failed");
+    tracing::warn!(
+        run = %run.name_any(),
+        namespace = run.namespace().unwrap_or_default(),
+        step = error.metric_label(),
+        %error,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
     Action::requeue(delay)
 }

@@ -38,7 +38,7 @@ pub async fn reconcile(queue: Arc<BatchQueue>, ctx: Arc<Context>) -> Result<Acti
             let demands = entry.demands(members.iter().map(|r| r.as_ref()));
             let shares = share(&budget, &holdings, &demands);
             let status = queue_status(&shares, generation, &old, Timestamp::now());
-            ctx.metrics.set_queue(
+            ctx.metrics.queues.set_queue(
                 &namespace,
                 &name,
                 QueueUsage {
@@ -66,13 +66,16 @@ pub async fn reconcile(queue: Arc<BatchQueue>, ctx: Arc<Context>) -> Result<Acti
     };
     if status != old {
         let api: Api<BatchQueue> = Api::namespaced(ctx.client.clone(), &namespace);
-        ctx.metrics.count_request("patch", "batchqueues/status");
         api.patch_status(
             &name,
             &PatchParams::default(),
             &Patch::Merge(json!({ "status": status })),
         )
-        .await?;
+        .await
+        .map_err(|source| Error::WriteQueueStatus {
+            queue: name.clone(),
+            source,
+        })?;
     }
     Ok(Action::requeue(REFRESH))
 }

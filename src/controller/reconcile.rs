@@ -5,16 +5,16 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::{Event, ObjectReference, Pod};
 use kube::api::{DeleteParams, ListParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, ResourceExt};
-use tracing::{Instrument, info_span};
+use kube::{Api, Resource, ResourceExt};
 
+use super::events::failure_event;
 use super::executor::{execute, release_finalizer};
-use super::job::{build_job, check_items_fit};
+use super::job::{JobError, build_job, check_items_fit};
 use super::{Context, Error, observe};
 use crate::api::kube_facts::job_memory_bytes;
 use crate::api::labels::{CLEANUP_FINALIZER, RESULT_FINALIZER, RETRY_FAILED, RUN_UID};
@@ -26,37 +26,65 @@ use crate::plan::{
 };
 use crate::queues::{QueueEntry, budget_of, created, members};
 
+#[tracing::instrument(skip_all, fields(
+    run = %run.name_any(),
+    namespace = run.namespace().unwrap_or_default(),
+))]
 pub async fn reconcile(run: Arc<BatchRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let namespace = run.namespace().ok_or(Error::NoNamespace)?;
-    let span = info_span!("reconcile", run = %run.name_any(), namespace = %namespace);
     let api: Api<BatchRun> = Api::namespaced(ctx.client.clone(), &namespace);
     let run_uid = run.uid().unwrap_or_default();
+    let reference = run.object_ref(&());
     let result = finalizer(&api, CLEANUP_FINALIZER, run, |event| async {
         match event {
             Finalizer::Apply(run) => apply(&run, &api, &ctx).await,
             Finalizer::Cleanup(run) => cleanup(&run, &ctx).await,
         }
     })
-    .instrument(span)
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .map_err(Error::from);
+    let failed = result.as_ref().err();
     ctx.metrics
-        .observe_reconcile(started.elapsed(), result.is_err());
-    if result.is_ok() {
-        ctx.setbacks.reconciled(&run_uid);
+        .runs
+        .observe_reconcile(started.elapsed(), failed.map(Error::metric_label));
+    match failed {
+        None => ctx.setbacks.reconciled(&run_uid),
+        Some(error) => publish_failure(error, &reference, &ctx).await,
     }
     result
 }
 
+/// Tells the run's users why it is stuck, as a Warning Event: one per failing step, since
+/// the recorder folds repeats of a step into that Event's count.
+async fn publish_failure(error: &Error, reference: &ObjectReference, ctx: &Context) {
+    if let Err(error) = ctx.recorder.publish(&failure_event(error), reference).await {
+        tracing::debug!(%error, "could not publish the reconcile error as an Event");
+    }
+}
+
+#[tracing::instrument(skip_all)]
 async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<Action, Error> {
     if !ctx.caches_ready.load(Ordering::Relaxed) {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
     // The controller's cache may not hold our last status write yet; planning from an old
-    // ledger would relaunch finished batches, so the run is read fresh.
-    ctx.metrics.count_request("get", "batchruns");
-    let run = api.get(&cached.name_any()).await?;
+    // ledger would relaunch finished batches, so the run is read fresh unless the cache
+    // shows exactly the version this process last wrote.
+    let uid = cached.uid().unwrap_or_default();
+    let run = if ctx
+        .last_writes
+        .is_current(&uid, cached.resource_version().as_deref())
+    {
+        cached.clone()
+    } else {
+        api.get(&cached.name_any())
+            .await
+            .map_err(|source| Error::ReadRun {
+                run: cached.name_any(),
+                source,
+            })?
+    };
     let uid = run.uid().unwrap_or_default();
     let namespace = run.namespace().ok_or(Error::NoNamespace)?;
     let worker = worker_container(&run);
@@ -104,17 +132,16 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
     // The apiserver refuses this spec's Jobs and the run has never had one: no batch can run.
     let never_ran = attempts.is_empty() && status.completed.is_empty() && status.failed.is_empty();
     let invalid = match (check_spec(&run), &refusal) {
-        (Err(message), _) => Err(message),
-        (Ok(_), Some(refusal)) if refusal.is_invalid_spec() && never_ran => Err(format!(
-            "the apiserver refuses the run's batch Jobs: {}",
-            refusal.message
-        )),
+        (Err(invalid), _) => Err(invalid),
+        (Ok(_), Some(refusal)) if refusal.is_invalid_spec() && never_ran => {
+            Err(InvalidSpec::Refused(refusal.message.clone()))
+        }
         (ok, _) => ok,
     };
     let bytes_each = match invalid {
         Ok(bytes_each) => bytes_each,
-        Err(message) => {
-            let plan = with_strangers(plan_invalid(&observed, message));
+        Err(invalid) => {
+            let plan = with_strangers(plan_invalid(&observed, invalid.to_string()));
             return execute(&run, plan, ctx, None).await;
         }
     };
@@ -217,6 +244,7 @@ const PODLESS_GRACE: Duration = Duration::from_secs(5);
 /// Looks up why the Job controller created no pod for the run's podless Jobs (one Job per
 /// reconcile, so a run with many refused Jobs costs one list), and writes it into `attempts`.
 /// Returns the Jobs whose pod is refused.
+#[tracing::instrument(skip_all)]
 async fn pod_refusals(
     attempts: &mut [ObservedAttempt],
     jobs: &[&Job],
@@ -243,10 +271,13 @@ async fn pod_refusals(
     };
     let events: Api<Event> = Api::namespaced(ctx.client.clone(), namespace);
     let selector = format!("involvedObject.uid={job_uid},reason=FailedCreate");
-    ctx.metrics.count_request("list", "events");
     let found = events
         .list(&ListParams::default().fields(&selector))
-        .await?;
+        .await
+        .map_err(|source| Error::ListJobEvents {
+            job: job_name.clone(),
+            source,
+        })?;
     let Some(why) = found
         .items
         .iter()
@@ -269,9 +300,20 @@ async fn pod_refusals(
     Ok(refused)
 }
 
+/// Why no batch of a run can run; the message becomes its `InvalidSpec` condition.
+#[derive(Debug, thiserror::Error)]
+enum InvalidSpec {
+    #[error("spec.input holds no records")]
+    NoRecords,
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error("the apiserver refuses the run's batch Jobs: {0}")]
+    Refused(String),
+}
+
 /// What the schema cannot say about a spec: can a Job be built from it at all. Returns the
 /// memory one worker pod may hold, which is what a queue admits.
-fn check_spec(run: &BatchRun) -> Result<u64, String> {
+fn check_spec(run: &BatchRun) -> Result<u64, InvalidSpec> {
     let first = fresh_batches(
         universe(&run.spec),
         run.spec.input.batch_size,
@@ -279,10 +321,10 @@ fn check_spec(run: &BatchRun) -> Result<u64, String> {
         1,
     );
     let Some(range) = first.first().copied() else {
-        return Err("spec.input holds no records".into());
+        return Err(InvalidSpec::NoRecords);
     };
     if let Some(items) = &run.spec.input.items {
-        check_items_fit(items, run.spec.input.batch_size).map_err(|e| e.to_string())?;
+        check_items_fit(items, run.spec.input.batch_size)?;
     }
     let job = build_job(
         run,
@@ -291,15 +333,16 @@ fn check_spec(run: &BatchRun) -> Result<u64, String> {
             attempt: 1,
             memory_limit: None,
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     Ok(job_memory_bytes(&job))
 }
 
 /// A deleted run releases its worker pods (they hold the result finalizer) and its Jobs.
+#[tracing::instrument(skip_all)]
 async fn cleanup(run: &BatchRun, ctx: &Context) -> Result<Action, Error> {
     let namespace = run.namespace().ok_or(Error::NoNamespace)?;
     let uid = run.uid().unwrap_or_default();
+    ctx.last_writes.forget(&uid);
     let selector = format!("{RUN_UID}={uid}");
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -308,13 +351,24 @@ async fn cleanup(run: &BatchRun, ctx: &Context) -> Result<Action, Error> {
         ..Default::default()
     };
     jobs.delete_collection(&params, &ListParams::default().labels(&selector))
-        .await?;
-    for pod in pods.list(&ListParams::default().labels(&selector)).await? {
+        .await
+        .map_err(|source| Error::DeleteJobs {
+            run: run.name_any(),
+            source,
+        })?;
+    let listed = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::ListPods {
+            run: run.name_any(),
+            source,
+        })?;
+    for pod in listed {
         if pod.finalizers().iter().any(|f| f == RESULT_FINALIZER) {
-            release_finalizer(&pods, &pod, ctx).await?;
+            release_finalizer(&pods, &pod).await?;
         }
     }
-    ctx.metrics.forget_run(&namespace, &run.name_any());
+    ctx.metrics.runs.forget_run(&namespace, &run.name_any());
     ctx.queues.forget_run(&namespace, &uid);
     ctx.setbacks.forget(&uid);
     tracing::info!(run = %run.name_any(), "run deleted: its Jobs are removed and its pods released");

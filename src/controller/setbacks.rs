@@ -10,6 +10,18 @@ use jiff::Timestamp;
 
 use crate::plan::{Refusal, refusal_delay};
 
+/// The wait after a run's first failed reconcile; it doubles with each failure in a row.
+const ERROR_BASE: Duration = Duration::from_secs(5);
+/// The longest wait between failed reconciles: a run broken for long is still retried.
+const ERROR_MAX: Duration = Duration::from_secs(300);
+
+/// How long a run waits after its `failures`-th failed reconcile in a row: 5 s, 10 s, 20 s, …
+/// at most 5 min. Per run, so one broken run neither slows the others nor is retried hot.
+pub fn error_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    ERROR_BASE.saturating_mul(1 << doublings).min(ERROR_MAX)
+}
+
 #[derive(Default)]
 pub struct Setbacks {
     refusals: Mutex<HashMap<String, (i64, Refusal)>>,
@@ -58,7 +70,7 @@ impl Setbacks {
         let mut failures = self.failures.lock().expect("setbacks poisoned");
         let times = failures.entry(uid.to_string()).or_default();
         *times = times.saturating_add(1);
-        refusal_delay(*times)
+        error_backoff(*times)
     }
 
     /// A reconcile of run `uid` succeeded.
@@ -95,6 +107,49 @@ mod tests {
         setbacks.refused("u", 2, 403, "quota".into(), now);
         setbacks.accepted("u");
         assert_eq!(setbacks.refusal("u", 2), None);
+    }
+
+    #[test]
+    fn failed_reconciles_wait_twice_as_long_each_time_up_to_five_minutes() {
+        let cases = [
+            (0, 5),
+            (1, 5),
+            (2, 10),
+            (3, 20),
+            (4, 40),
+            (5, 80),
+            (6, 160),
+            (7, 300),
+            (8, 300),
+            (40, 300),
+            (u32::MAX, 300),
+        ];
+        for (failures, seconds) in cases {
+            assert_eq!(
+                error_backoff(failures),
+                Duration::from_secs(seconds),
+                "after {failures} failures"
+            );
+        }
+    }
+
+    #[test]
+    fn each_run_backs_off_on_its_own() {
+        let setbacks = Setbacks::default();
+        setbacks.failed("a");
+        setbacks.failed("a");
+        assert_eq!(setbacks.failed("a"), Duration::from_secs(20));
+        assert_eq!(
+            setbacks.failed("b"),
+            Duration::from_secs(5),
+            "b failed once"
+        );
+        setbacks.forget("a");
+        assert_eq!(
+            setbacks.failed("a"),
+            Duration::from_secs(5),
+            "a deleted run starts over"
+        );
     }
 
     #[test]

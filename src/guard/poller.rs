@@ -97,6 +97,10 @@ impl Poller {
         }
     }
 
+    #[tracing::instrument(name = "poll", skip_all, fields(
+        run = %run.name_any(),
+        namespace = run.namespace().unwrap_or_default(),
+    ))]
     async fn poll_run(&self, run: &BatchRun) {
         let Some(uid) = run.uid() else { return };
         let Some(namespace) = run.namespace() else {
@@ -171,7 +175,8 @@ impl Poller {
             let started = Instant::now();
             let result = self.prometheus.pod_values(&query).await;
             self.metrics
-                .observe_guard_query(started.elapsed(), result.is_err());
+                .guard
+                .observe_query(started.elapsed(), result.is_err());
             result
         };
         let now = jiff::Timestamp::now();
@@ -339,7 +344,6 @@ impl Poller {
             RESIZE_AT_ANNOTATION: jiff::Timestamp::now().to_string(),
             RESIZES_ANNOTATION: (resizes_of(pod.annotations()) + 1).to_string(),
         }}});
-        self.metrics.count_request("patch", "pods");
         pods.patch(name, &PatchParams::default(), &Patch::Merge(&mark))
             .await
             .map_err(|e| format!("could not mark it for a resize: {}", api_message(&e)))?;
@@ -350,7 +354,6 @@ impl Poller {
                 "limits": {"memory": bytes_quantity(limit)},
             },
         }]}});
-        self.metrics.count_request("patch", "pods/resize");
         pods.patch_subresource(
             "resize",
             name,
@@ -368,7 +371,7 @@ impl Poller {
             bytes_quantity(request),
         );
         tracing::info!(run = %run.name_any(), pod = %name, limit, "memory guard resized a worker");
-        self.metrics.count_guard_action("Resized");
+        self.metrics.guard.count_action("Resized");
         self.publish(run, EventType::Normal, "Resized", message.clone())
             .await;
         if let Some(uid) = run.uid() {
@@ -450,7 +453,6 @@ impl Poller {
                 percent: decision.percent,
             };
             let mark = json!({"metadata": {"annotations": mark}});
-            self.metrics.count_request("patch", "pods");
             if let Err(error) = pods
                 .patch(&decision.pod, &PatchParams::default(), &Patch::Merge(&mark))
                 .await
@@ -460,7 +462,6 @@ impl Poller {
             }
         }
         if let Some(grace) = decision.grace_seconds {
-            self.metrics.count_request("delete", "pods");
             let params = DeleteParams {
                 grace_period_seconds: Some(grace.max(0) as u32),
                 preconditions: decision.retry.then_some(Preconditions {
@@ -495,7 +496,7 @@ impl Poller {
             }
         }
         tracing::info!(run = %run.name_any(), pod = %decision.pod, percent = decision.percent, action = ?decision.action, retry = decision.retry, "memory guard acted");
-        self.metrics.count_guard_action(reason);
+        self.metrics.guard.count_action(reason);
         self.publish(run, EventType::Warning, reason, message.clone())
             .await;
         if let Some(uid) = run.uid() {
