@@ -11,6 +11,7 @@
 //!   alone and through one shared BatchQueue, against as many Indexed Jobs;
 //! - `scale`: one run of BENCH_SCALE (100,1000,10000) batches on a fresh operator each;
 //! - `planner`: the status size at 100,000 batches (the real planner, a synthetic cluster).
+//!
 //! Other knobs: BENCH_BATCHES, BENCH_DURATION, BENCH_PARALLELISM, BENCH_MANY_PARALLELISM (5),
 //! BENCH_MANY_QUEUE (100 live batches), BENCH_OUT (benches/results).
 

@@ -183,20 +183,21 @@ pub fn chart(r: &Value, path: &str) {
     let panels = root.split_evenly((1, 3));
 
     // 1. The ratio of each repetition, both comparisons, against the 1.05 goal.
-    let series: Vec<(&str, RGBColor, Vec<(f64, f64, bool)>)> =
-        [("makespan", BLUE), ("wide", GREEN)]
-            .into_iter()
-            .map(|(key, color)| {
-                let points = r[key]["reps"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .enumerate()
-                    .map(|(i, rep)| ((i + 1) as f64, f(&rep["ratio"]), rep["counted"] == true))
-                    .collect();
-                (key, color, points)
-            })
-            .collect();
+    // (comparison, colour, [(repetition, ratio, counted)])
+    type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64, bool)>);
+    let series: Vec<Series> = [("makespan", BLUE), ("wide", GREEN)]
+        .into_iter()
+        .map(|(key, color)| {
+            let points = r[key]["reps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, rep)| ((i + 1) as f64, f(&rep["ratio"]), rep["counted"] == true))
+                .collect();
+            (key, color, points)
+        })
+        .collect();
     let top = series
         .iter()
         .flat_map(|s| s.2.iter().map(|p| p.1))
