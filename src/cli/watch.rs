@@ -186,16 +186,16 @@ async fn workers(
     if running.is_empty() {
         return Ok("0 workers".into());
     }
+    let namespace = run.namespace().unwrap_or_default();
     let groups = WorkerGroup::group(
         running
             .iter()
             .filter(|(_, w)| w.limit.is_some())
-            .map(|(pod, w)| (pod.as_str(), w.container.as_str())),
+            .map(|(pod, w)| (namespace.as_str(), pod.as_str(), w.container.as_str())),
     );
     let memory = match prometheus {
         Some(prometheus) if !groups.is_empty() => {
-            let namespace = run.namespace().unwrap_or_default();
-            let query = worker_memory_query(MemoryMetric::WorkingSet, &namespace, &groups, 90);
+            let query = worker_memory_query(MemoryMetric::WorkingSet, &groups, 90);
             prometheus.pod_values(&query).await.ok()
         }
         _ => None,
@@ -205,7 +205,7 @@ async fn workers(
         .map(|(pod, worker)| {
             let percent = memory
                 .as_ref()
-                .and_then(|m| m.iter().find(|(p, _)| p == pod))
+                .and_then(|m| m.iter().find(|(key, _)| &key.pod == pod))
                 .zip(worker.limit.as_ref())
                 .map(|((_, bytes), (_, limit))| format!(" {:.0}%", bytes / *limit as f64 * 100.0))
                 .unwrap_or_default();

@@ -156,7 +156,7 @@ impl Poller {
         let groups = WorkerGroup::group(live.iter().filter(|(_, w)| w.limit.is_some()).map(
             |(p, w)| {
                 let pod = p.metadata.name.as_deref().unwrap_or_default();
-                (pod, w.container.as_str())
+                (namespace.as_str(), pod, w.container.as_str())
             },
         ));
         let names: Vec<&str> = live
@@ -166,12 +166,8 @@ impl Poller {
         let result = if groups.is_empty() {
             Ok(vec![])
         } else {
-            let query = worker_memory_query(
-                self.metric,
-                &namespace,
-                &groups,
-                self.max_sample_age.as_secs().max(1),
-            );
+            let query =
+                worker_memory_query(self.metric, &groups, self.max_sample_age.as_secs().max(1));
             let started = Instant::now();
             let result = self.prometheus.pod_values(&query).await;
             self.metrics
@@ -184,9 +180,9 @@ impl Poller {
         let samples: BTreeMap<String, f64> = match result {
             Ok(values) => values
                 .into_iter()
-                .filter_map(|(pod, bytes)| {
-                    let (_, limit) = limit_of(&pod)?;
-                    Some((pod, bytes / limit as f64))
+                .filter_map(|(key, bytes)| {
+                    let (_, limit) = limit_of(&key.pod)?;
+                    Some((key.pod, bytes / limit as f64))
                 })
                 .collect(),
             Err(error) => {

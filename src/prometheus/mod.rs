@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use prometheus_http_query::Client;
-use prometheus_http_query::response::Data;
+use prometheus_http_query::response::{Data, InstantVector};
+
+use self::promql::PodKey;
 
 /// How to reach Prometheus.
 #[derive(Clone, Debug, clap::Args)]
@@ -67,9 +69,10 @@ impl Prometheus {
         })
     }
 
-    /// Runs an instant query and returns each series' `pod` label with its value and the
-    /// sample's age in seconds.
-    pub async fn pod_values(&self, query: &str) -> Result<Vec<(String, f64)>, PrometheusError> {
+    /// Runs an instant query and returns each series' value by its `namespace` and `pod`
+    /// labels. Sent as a POST form: a query over many workers is long, and in a URL it would
+    /// meet proxies' and servers' limits on its length.
+    pub async fn pod_values(&self, query: &str) -> Result<Vec<(PodKey, f64)>, PrometheusError> {
         let mut request = self.client.query(query);
         if let Some(file) = &self.token_file {
             let token = std::fs::read_to_string(file)
@@ -81,14 +84,51 @@ impl Prometheus {
                     .map_err(|e| PrometheusError::Setup(e.to_string()))?,
             );
         }
-        let response = request.get().await?;
+        let response = request.post().await?;
         let Data::Vector(vector) = response.data() else {
             return Err(PrometheusError::NotAVector);
         };
-        Ok(vector
-            .iter()
-            .filter_map(|v| Some((v.metric().get("pod")?.clone(), v.sample().value())))
-            .filter(|(_, value)| value.is_finite())
-            .collect())
+        Ok(keyed(vector))
+    }
+}
+
+/// Each series' finite value by namespace and pod; a series without both labels is no
+/// worker's.
+fn keyed(vector: &[InstantVector]) -> Vec<(PodKey, f64)> {
+    vector
+        .iter()
+        .filter_map(|v| {
+            let label = |name: &str| v.metric().get(name).map(String::as_str);
+            Some((
+                PodKey::new(label("namespace")?, label("pod")?),
+                v.sample().value(),
+            ))
+        })
+        .filter(|(_, value)| value.is_finite())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_keyed_by_namespace_and_pod() {
+        let vector: Vec<InstantVector> = serde_json::from_str(
+            r#"[
+                {"metric": {"namespace": "a", "pod": "w-1"}, "value": [1700000000, "100"]},
+                {"metric": {"namespace": "b", "pod": "w-1"}, "value": [1700000000, "200"]},
+                {"metric": {"pod": "w-2"}, "value": [1700000000, "300"]},
+                {"metric": {"namespace": "a", "pod": "w-3"}, "value": [1700000000, "NaN"]}
+            ]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            keyed(&vector),
+            vec![
+                (PodKey::new("a", "w-1"), 100.0),
+                (PodKey::new("b", "w-1"), 200.0)
+            ]
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! The PromQL the guard sends: one instant query per run covering all its live workers.
+//! The PromQL the guard sends: one instant query per poll covering the live workers of every
+//! guarded run, answered per (namespace, pod).
 
 use std::fmt::Write;
 
@@ -20,22 +21,29 @@ impl MemoryMetric {
     }
 }
 
-/// The live workers of a run whose worker container has one name. A run whose template
-/// renamed the worker mid-run has two groups: each pod is read through its own container.
+/// Live workers in one namespace whose worker container has one name, whichever runs they
+/// belong to. A run whose template renamed the worker mid-run is in two groups: each pod is
+/// read through its own container.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerGroup<'a> {
+    pub namespace: &'a str,
     pub container: &'a str,
     pub pods: Vec<&'a str>,
 }
 
 impl<'a> WorkerGroup<'a> {
-    /// Groups (pod, worker container) pairs by container, in the order first seen.
-    pub fn group(pods: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<Self> {
+    /// Groups (namespace, pod, worker container) triples by namespace and container, in the
+    /// order first seen.
+    pub fn group(pods: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>) -> Vec<Self> {
         let mut groups: Vec<Self> = vec![];
-        for (pod, container) in pods {
-            match groups.iter_mut().find(|g| g.container == container) {
+        for (namespace, pod, container) in pods {
+            match groups
+                .iter_mut()
+                .find(|g| g.namespace == namespace && g.container == container)
+            {
                 Some(group) => group.pods.push(pod),
                 None => groups.push(Self {
+                    namespace,
                     container,
                     pods: vec![pod],
                 }),
@@ -45,14 +53,30 @@ impl<'a> WorkerGroup<'a> {
     }
 }
 
-/// Memory of each listed pod's worker container, one value per pod, in one query.
+/// What a memory value belongs to: pod names are unique only within a namespace.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodKey {
+    pub namespace: String,
+    pub pod: String,
+}
+
+impl PodKey {
+    pub fn new(namespace: &str, pod: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+        }
+    }
+}
+
+/// Memory of each listed pod's worker container, one value per (namespace, pod), in one
+/// query over every group.
 ///
 /// Series of dead containers linger (cAdvisor samples carry their own timestamps), so samples
 /// older than `max_age_seconds` are dropped; pod-level and sandbox series have another
 /// `container` label and never match.
 pub fn worker_memory_query(
     metric: MemoryMetric,
-    namespace: &str,
     groups: &[WorkerGroup],
     max_age_seconds: u64,
 ) -> String {
@@ -70,12 +94,12 @@ pub fn worker_memory_query(
                 selector,
                 "{}{{namespace={},container={},pod=~{}}}",
                 metric.series(),
-                string_literal(namespace),
+                string_literal(group.namespace),
                 string_literal(group.container),
                 string_literal(&pattern)
             );
             format!(
-                "max by (pod) ({selector} and (time() - timestamp({selector})) < {max_age_seconds})"
+                "max by (namespace, pod) ({selector} and (time() - timestamp({selector})) < {max_age_seconds})"
             )
         })
         .collect::<Vec<_>>()
@@ -137,75 +161,87 @@ fn regex_escape(value: &str) -> String {
 mod tests {
     use super::*;
 
+    fn group<'a>(namespace: &'a str, container: &'a str, pods: &[&'a str]) -> WorkerGroup<'a> {
+        WorkerGroup {
+            namespace,
+            container,
+            pods: pods.to_vec(),
+        }
+    }
+
     #[test]
-    fn one_query_covers_every_pod_of_the_run() {
+    fn one_group_is_one_fresh_max_per_namespace_and_pod() {
         let q = worker_memory_query(
             MemoryMetric::WorkingSet,
-            "payroll",
-            &[WorkerGroup {
-                container: "worker",
-                pods: vec!["a-1", "b-2"],
-            }],
+            &[group("payroll", "worker", &["a-1", "b-2"])],
             45,
         );
         assert_eq!(
             q,
-            r#"max by (pod) (container_memory_working_set_bytes{namespace="payroll",container="worker",pod=~"a-1|b-2"} and (time() - timestamp(container_memory_working_set_bytes{namespace="payroll",container="worker",pod=~"a-1|b-2"})) < 45)"#
+            r#"max by (namespace, pod) (container_memory_working_set_bytes{namespace="payroll",container="worker",pod=~"a-1|b-2"} and (time() - timestamp(container_memory_working_set_bytes{namespace="payroll",container="worker",pod=~"a-1|b-2"})) < 45)"#
         );
+    }
+
+    #[test]
+    fn one_query_covers_every_namespace_and_container() {
+        let q = worker_memory_query(
+            MemoryMetric::WorkingSet,
+            &[
+                group("payroll", "worker", &["a-1"]),
+                group("billing", "worker", &["a-1", "b-1"]),
+                group("billing", "main", &["c-1"]),
+            ],
+            90,
+        );
+        let parts: Vec<&str> = q.split(" or ").collect();
+        assert_eq!(parts.len(), 3, "{q}");
+        assert!(
+            parts[0].contains(r#"{namespace="payroll",container="worker",pod=~"a-1"}"#),
+            "{q}"
+        );
+        assert!(
+            parts[1].contains(r#"{namespace="billing",container="worker",pod=~"a-1|b-1"}"#),
+            "{q}"
+        );
+        assert!(
+            parts[2].contains(r#"{namespace="billing",container="main",pod=~"c-1"}"#),
+            "{q}"
+        );
+        // The same pod name in two namespaces stays two results.
+        assert!(
+            parts
+                .iter()
+                .all(|p| p.starts_with("max by (namespace, pod) (")),
+            "{q}"
+        );
+        assert!(parts.iter().all(|p| p.ends_with(") < 90)")), "{q}");
     }
 
     #[test]
     fn label_values_are_escaped() {
-        let group = WorkerGroup {
-            container: "w\\x",
-            pods: vec!["p.1"],
-        };
-        let q = worker_memory_query(MemoryMetric::Rss, "n\"s", &[group], 30);
+        let q = worker_memory_query(MemoryMetric::Rss, &[group("n\"s", "w\\x", &["p.1"])], 30);
         assert!(q.contains(r#"namespace="n\"s""#), "{q}");
         assert!(q.contains(r#"container="w\\x""#), "{q}");
         // The dot is escaped for the regex, and the backslash again for the string.
         assert!(q.contains(r#"pod=~"p\\.1""#), "{q}");
-        assert!(q.starts_with("max by (pod) (container_memory_rss{"));
+        assert!(q.starts_with("max by (namespace, pod) (container_memory_rss{"));
     }
 
     #[test]
-    fn pods_of_a_renamed_worker_are_read_through_their_own_container() {
-        let q = worker_memory_query(
-            MemoryMetric::WorkingSet,
-            "ns",
-            &[
-                WorkerGroup {
-                    container: "main",
-                    pods: vec!["old-1"],
-                },
-                WorkerGroup {
-                    container: "worker",
-                    pods: vec!["new-1", "new-2"],
-                },
-            ],
-            90,
-        );
+    fn workers_are_grouped_by_namespace_and_container_across_runs() {
         assert_eq!(
-            WorkerGroup::group([("old-1", "main"), ("new-1", "worker"), ("new-2", "worker")]),
+            WorkerGroup::group([
+                ("ns", "old-1", "main"),
+                ("ns", "new-1", "worker"),
+                ("other", "x-1", "worker"),
+                ("ns", "new-2", "worker"),
+            ]),
             vec![
-                WorkerGroup {
-                    container: "main",
-                    pods: vec!["old-1"]
-                },
-                WorkerGroup {
-                    container: "worker",
-                    pods: vec!["new-1", "new-2"]
-                }
+                group("ns", "main", &["old-1"]),
+                group("ns", "worker", &["new-1", "new-2"]),
+                group("other", "worker", &["x-1"]),
             ]
         );
-        let parts: Vec<&str> = q.split(" or ").collect();
-        assert_eq!(parts.len(), 2, "{q}");
-        assert!(parts[0].contains(r#"container="main",pod=~"old-1""#), "{q}");
-        assert!(
-            parts[1].contains(r#"container="worker",pod=~"new-1|new-2""#),
-            "{q}"
-        );
-        assert!(parts.iter().all(|p| p.ends_with(") < 90)")), "{q}");
     }
 
     #[test]
