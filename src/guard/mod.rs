@@ -3,6 +3,7 @@
 //! pure; `poller` does the I/O; `view` is what the guard tells the planner.
 
 pub mod decide;
+pub mod measure;
 pub mod poller;
 pub mod resize;
 pub mod schedule;
