@@ -267,7 +267,7 @@ async fn a_blind_guard_says_so_acts_on_nothing_and_recovers() {
 }
 
 /// A Prometheus proxy that can make samples look old and queries slow: for each query it is
-/// given the request target and answers (how many seconds in the future the query is
+/// given the request target and body and answers (how many seconds in the future the query is
 /// evaluated, so the newest sample looks that old; how long to hold the query).
 async fn prometheus_proxy<F>(behave: F) -> String
 where
@@ -295,37 +295,58 @@ where
     format!("http://{address}")
 }
 
-/// One request (the guard's are GETs without a body), answered on a connection of its own.
+/// One request (the guard's are POSTs with the query in a form body), answered on a
+/// connection of its own.
 async fn forward(
     mut inbound: tokio::net::TcpStream,
     target: &str,
     behave: &(dyn Fn(&str) -> (u64, Duration) + Send + Sync),
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut head = Vec::new();
+    let mut received = Vec::new();
     let mut buffer = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    let head_end = loop {
+        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
         let n = inbound.read(&mut buffer).await?;
-        if n == 0 || head.len() > 1 << 20 {
+        if n == 0 || received.len() > 1 << 20 {
             return Ok(());
         }
-        head.extend_from_slice(&buffer[..n]);
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
+        received.extend_from_slice(&buffer[..n]);
+    };
+    let text = String::from_utf8_lossy(&received[..head_end]).into_owned();
+    let mut body = received[head_end + 4..].to_vec();
     let (line, rest) = text.split_once("\r\n").unwrap_or((&text, ""));
+    let length: usize = rest
+        .split("\r\n")
+        .filter_map(|h| h.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(0);
+    while body.len() < length {
+        let n = inbound.read(&mut buffer).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        body.extend_from_slice(&buffer[..n]);
+    }
     let mut parts = line.splitn(3, ' ');
     let (method, path, version) = (
         parts.next().unwrap_or("GET"),
         parts.next().unwrap_or("/"),
         parts.next().unwrap_or("HTTP/1.1"),
     );
-    let (lag, delay) = behave(path);
-    let path = if lag > 0 && path.starts_with("/api/v1/query?") {
+    let (lag, delay) = behave(&format!("{path} {}", String::from_utf8_lossy(&body)));
+    // Prometheus reads `time` from the URL as well as from a POST form.
+    let instant_query = path == "/api/v1/query" || path.starts_with("/api/v1/query?");
+    let path = if lag > 0 && instant_query {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs_f64();
-        format!("{path}&time={:.3}", now + lag as f64)
+        let join = if path.contains('?') { '&' } else { '?' };
+        format!("{path}{join}time={:.3}", now + lag as f64)
     } else {
         path.to_string()
     };
@@ -341,6 +362,7 @@ async fn forward(
             format!("{method} {path} {version}\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
         )
         .await?;
+    outbound.write_all(&body[..length.min(body.len())]).await?;
     let mut response = Vec::new();
     outbound.read_to_end(&mut response).await?;
     inbound.write_all(&response).await?;
