@@ -3,8 +3,8 @@
 //! cannot reach Prometheus says so, acts on nothing, and recovers by itself. A guard that
 //! cannot be fooled: each worker is measured against its own limit and container whatever the
 //! run's spec says now, old samples from a slow scrape still count, a blind guard's message
-//! stays short, a denied or interrupted drain is finished later, and a slow query holds up
-//! only its own run.
+//! stays short, a denied or interrupted drain is finished later, and one query per poll
+//! measures every run.
 //!
 //! Worker memory is kwok's simulation (tests/cluster/README.md): `sim.batchguard.dev/memory`
 //! for a fixed value, `memory-growth` per second, `memory-attempts` to grow only on early
@@ -749,38 +749,37 @@ async fn a_pod_marked_before_the_operator_died_is_deleted_after_its_restart() {
 }
 
 #[tokio::test]
-async fn a_slow_query_delays_only_its_own_run() {
-    // Queries over the `slow` run's workers take 20s; those of `fast` are counted.
-    let fast_queries = Arc::new(std::sync::Mutex::new(Vec::<std::time::Instant>::new()));
-    let counted = fast_queries.clone();
-    let url = prometheus_proxy(move |path| {
-        if path.contains("fast-") {
-            counted.lock().unwrap().push(std::time::Instant::now());
+async fn one_query_per_poll_measures_every_run() {
+    // Every memory query the guard sends, with when.
+    let queries = Arc::new(std::sync::Mutex::new(
+        Vec::<(std::time::Instant, String)>::new(),
+    ));
+    let seen = queries.clone();
+    let url = prometheus_proxy(move |request| {
+        if request.starts_with("/api/v1/query") {
+            let at = std::time::Instant::now();
+            seen.lock().unwrap().push((at, request.to_string()));
         }
-        let delay = if path.contains("slow-") { 20 } else { 0 };
-        (0, Duration::from_secs(delay))
+        (0, Duration::ZERO)
     })
     .await;
-    let env = [
-        ("PROMETHEUS_URL", url.as_str()),
-        ("PROMETHEUS_TIMEOUT_SECONDS", "30"),
-    ];
+    let env = [("PROMETHEUS_URL", url.as_str())];
     let Setup {
         client,
         ns,
         operator,
         runs,
-    } = Setup::with_env("slowquery", &env).await;
-    let mut slow = guarded(
-        "slow",
+    } = Setup::with_env("onequery", &env).await;
+    let mut steady = guarded(
+        "steady",
         100,
         100,
         r#"sim.batchguard.dev/duration: "60s""#,
         "{threshold: 85, action: Drain}",
     );
-    slow.spec.parallelism = 1;
-    runs.create(&PostParams::default(), &slow).await.unwrap();
-    wait_running(&client, &ns.name, "slow", 1).await;
+    steady.spec.parallelism = 1;
+    runs.create(&PostParams::default(), &steady).await.unwrap();
+    wait_running(&client, &ns.name, "steady", 1).await;
     // 4Mi/s: 85% of 128Mi after about 27s.
     let mut fast = guarded(
         "fast",
@@ -795,16 +794,28 @@ async fn a_slow_query_delays_only_its_own_run() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let window_start = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let in_window = fast_queries
+    let in_window: Vec<String> = queries
         .lock()
         .unwrap()
         .iter()
-        .filter(|t| **t >= window_start)
-        .count();
+        .filter(|(at, _)| *at >= window_start)
+        .map(|(_, query)| query.clone())
+        .collect();
+    // A one-second poll: about ten queries in 10s, each over both runs' workers (one query
+    // per run would send about twenty).
     assert!(
-        in_window >= 5,
-        "the fast run was polled {in_window} times in 10s beside a 20s query\n{}",
+        (5..=12).contains(&in_window.len()),
+        "{} queries in 10s of one-second polls over two runs\n{}",
+        in_window.len(),
         operator.log_tail()
+    );
+    let partial: Vec<&String> = in_window
+        .iter()
+        .filter(|q| !(q.contains("steady-") && q.contains("fast-")))
+        .collect();
+    assert!(
+        partial.is_empty(),
+        "queries that did not cover both runs: {partial:?}"
     );
 
     let note = wait_for(

@@ -1,8 +1,8 @@
-//! The poller: every interval, one query per run over its live workers, then the decided
-//! actions; runs are polled concurrently, a bounded number at once. A pod is annotated with
-//! the action before it is deleted, so a crash between the two never repeats the action, the
-//! next poll retries a delete still owed, and the planner can tell a stopped worker from a
-//! failure.
+//! The poller: every interval, one query over the live workers of every guarded run, then
+//! each run's decided actions on its share of the answer; runs act concurrently, a bounded
+//! number at once. A pod is annotated with the action before it is deleted, so a crash between
+//! the two never repeats the action, the next poll retries a delete still owed, and the
+//! planner can tell a stopped worker from a failure.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedSender;
+use futures::future::FutureExt;
 use futures::stream::FuturesUnordered;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -18,13 +19,14 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use super::decide::{Decision, Worker, decide, unfinished, unseen_reason};
+use super::measure::{Answer, Measured, groups, share};
 use super::resize::{
     Pressure, RESIZE_AT_ANNOTATION, RESIZE_TO_ANNOTATION, RESIZES_ANNOTATION, Sizes, Use,
     on_pressure, resizes_of, sizes_of,
 };
-use super::schedule::{MAX_CONCURRENT_POLLS, to_start};
 use super::view::GuardView;
 use crate::api::kube_facts::running;
 use crate::api::labels::{GuardMark, JOB_NAME, RUN_UID};
@@ -33,7 +35,7 @@ use crate::api::{BatchQueue, BatchRun, GuardAction, Phase, bytes_quantity};
 use crate::metrics::Metrics;
 use crate::plan::Blindness;
 use crate::prometheus::Prometheus;
-use crate::prometheus::promql::{MemoryMetric, WorkerGroup, worker_memory_query};
+use crate::prometheus::promql::{MemoryMetric, worker_memory_query};
 use crate::queues::{QueueEntry, Queues, budget_of};
 
 pub struct Poller {
@@ -59,36 +61,65 @@ pub struct Poller {
     pub queue_store: Store<BatchQueue>,
 }
 
+/// Runs acting at once: their actions are API calls.
+const MAX_CONCURRENT_RUNS: usize = 8;
+
+/// A run to poll now, with its running workers.
+struct Guarded {
+    run: Arc<BatchRun>,
+    uid: String,
+    namespace: String,
+    live: Vec<(Arc<Pod>, WorkerSpec)>,
+}
+
+impl Guarded {
+    fn measured(&self) -> Vec<Measured<'_>> {
+        self.live
+            .iter()
+            .map(|(pod, worker)| Measured {
+                namespace: &self.namespace,
+                pod: pod.metadata.name.as_deref().unwrap_or_default(),
+                container: &worker.container,
+                limit: worker.limit.as_ref().map(|(_, bytes)| *bytes),
+            })
+            .collect()
+    }
+}
+
 impl Poller {
-    /// Every tick, starts a poll of each run not still being polled, a bounded number at
-    /// once: a slow query holds up its own run only.
+    /// Every tick, sends one query for the runs not still acting on an earlier poll, and has
+    /// each act on its share of the answer, a bounded number at once: a run slow to act holds
+    /// up only itself.
     pub async fn run(self) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let bound = Semaphore::new(MAX_CONCURRENT_RUNS);
         let mut in_flight = FuturesUnordered::new();
         let mut busy: BTreeSet<String> = BTreeSet::new();
-        let mut round = 0usize;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    let runs: BTreeMap<String, Arc<BatchRun>> = self
-                        .runs
-                        .state()
-                        .into_iter()
-                        .filter_map(|run| Some((run.uid()?, run)))
-                        .collect();
-                    let order: Vec<String> = runs.keys().cloned().collect();
-                    for uid in to_start(&order, &busy, MAX_CONCURRENT_POLLS, round) {
-                        let Some(run) = runs.get(uid).cloned() else { continue };
-                        busy.insert(uid.to_string());
-                        let uid = uid.to_string();
-                        let this = &self;
+                    let guarded = self.guarded(&busy);
+                    let measured: Vec<Vec<Measured>> =
+                        guarded.iter().map(Guarded::measured).collect();
+                    let groups = groups(measured.iter().map(Vec::as_slice));
+                    let query = (!groups.is_empty()).then(|| {
+                        worker_memory_query(
+                            self.metric,
+                            &groups,
+                            self.max_sample_age.as_secs().max(1),
+                        )
+                    });
+                    // Sent once the first run awaits it; every run reads the same answer.
+                    let answer = self.measure(query, guarded.len()).shared();
+                    for run in guarded {
+                        busy.insert(run.uid.clone());
+                        let (this, bound, answer) = (&self, &bound, answer.clone());
                         in_flight.push(async move {
-                            this.poll_run(&run).await;
-                            uid
+                            this.poll_run(&run, answer, bound).await;
+                            run.uid
                         });
                     }
-                    round = round.wrapping_add(1);
                 }
                 Some(uid) = in_flight.next(), if !in_flight.is_empty() => {
                     busy.remove(&uid);
@@ -97,44 +128,97 @@ impl Poller {
         }
     }
 
-    #[tracing::instrument(name = "poll", skip_all, fields(
-        run = %run.name_any(),
-        namespace = run.namespace().unwrap_or_default(),
-    ))]
-    async fn poll_run(&self, run: &BatchRun) {
-        let Some(uid) = run.uid() else { return };
-        let Some(namespace) = run.namespace() else {
-            return;
-        };
-        if matches!(
-            run.status.as_ref().and_then(|s| s.phase),
-            Some(Phase::Succeeded | Phase::Failed)
-        ) {
-            self.view.forget(&uid);
-            return;
+    /// The runs to poll now: not finished, not still acting on an earlier poll, with running
+    /// workers, each read through its own worker container against its own limit (the run's
+    /// spec may have changed since its Job was built). A finished run's view is forgotten.
+    fn guarded(&self, busy: &BTreeSet<String>) -> Vec<Guarded> {
+        let mut pods_of: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
+        for pod in self.pods.state() {
+            if pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            if let Some(uid) = pod.labels().get(RUN_UID) {
+                pods_of.entry(uid.clone()).or_default().push(pod);
+            }
         }
-        // Each pod is measured through its own worker container against its own limit: the
-        // run's spec may have changed since its Job was built.
-        let live: Vec<(Arc<Pod>, WorkerSpec)> = self
-            .pods
+        self.runs
             .state()
             .into_iter()
-            .filter(|p| {
-                p.labels().get(RUN_UID) == Some(&uid) && p.metadata.deletion_timestamp.is_none()
+            .filter_map(|run| {
+                let uid = run.uid()?;
+                let namespace = run.namespace()?;
+                if matches!(
+                    run.status.as_ref().and_then(|s| s.phase),
+                    Some(Phase::Succeeded | Phase::Failed)
+                ) {
+                    self.view.forget(&uid);
+                    return None;
+                }
+                if busy.contains(&uid) {
+                    return None;
+                }
+                let live: Vec<(Arc<Pod>, WorkerSpec)> = pods_of
+                    .remove(&uid)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|p| {
+                        let job = p
+                            .labels()
+                            .get(JOB_NAME)
+                            .and_then(|job| self.jobs.get(&ObjectRef::new(job).within(&namespace)));
+                        let worker = worker_of(&p, job.as_deref())?;
+                        running(&p, &worker.container).then_some((p, worker))
+                    })
+                    .collect();
+                (!live.is_empty()).then_some(Guarded {
+                    run,
+                    uid,
+                    namespace,
+                    live,
+                })
             })
-            .filter_map(|p| {
-                let job = p
-                    .labels()
-                    .get(JOB_NAME)
-                    .and_then(|job| self.jobs.get(&ObjectRef::new(job).within(&namespace)));
-                let worker = worker_of(&p, job.as_deref())?;
-                running(&p, &worker.container).then_some((p, worker))
-            })
-            .collect();
-        if live.is_empty() {
-            return;
-        }
-        let before = self.view.get(&uid);
+            .collect()
+    }
+
+    /// Sends the poll's one query (none when no worker can be measured) and counts it. Its
+    /// own span: the first run to await the answer is not the one it is about.
+    #[tracing::instrument(name = "measure", skip_all, fields(runs = runs))]
+    async fn measure(&self, query: Option<String>, runs: usize) -> Arc<Answer> {
+        let Some(query) = query else {
+            return Arc::new(Ok(BTreeMap::new()));
+        };
+        let started = Instant::now();
+        let result = self.prometheus.pod_values(&query).await;
+        self.metrics
+            .guard
+            .observe_query(started.elapsed(), result.is_err());
+        Arc::new(match result {
+            Ok(values) => Ok(values.into_iter().collect()),
+            Err(error) => {
+                tracing::warn!(%error, "memory guard is blind");
+                Err(format!("Prometheus query failed: {error}"))
+            }
+        })
+    }
+
+    #[tracing::instrument(name = "poll", skip_all, fields(
+        run = %guarded.run.name_any(),
+        namespace = guarded.namespace,
+    ))]
+    async fn poll_run(
+        &self,
+        guarded: &Guarded,
+        answer: impl Future<Output = Arc<Answer>>,
+        bound: &Semaphore,
+    ) {
+        let Guarded {
+            run,
+            uid,
+            namespace,
+            live,
+        } = guarded;
+        let (run, uid, namespace) = (run.as_ref(), uid.as_str(), namespace.as_str());
+        let before = self.view.get(uid);
         let limit_of = |pod: &str| {
             live.iter()
                 .find(|(p, _)| p.name_any() == pod)
@@ -151,47 +235,26 @@ impl Poller {
             })
             .collect();
         let owed = unfinished(&run.spec.memory_guard, &marked);
-        self.act_all(run, &namespace, owed, &live).await;
+        if !owed.is_empty() {
+            let Ok(_acting) = bound.acquire().await else {
+                return;
+            };
+            self.act_all(run, namespace, owed, live).await;
+        }
 
-        let groups = WorkerGroup::group(live.iter().filter(|(_, w)| w.limit.is_some()).map(
-            |(p, w)| {
-                let pod = p.metadata.name.as_deref().unwrap_or_default();
-                (namespace.as_str(), pod, w.container.as_str())
-            },
-        ));
-        let names: Vec<&str> = live
-            .iter()
-            .map(|(p, _)| p.metadata.name.as_deref().unwrap_or_default())
-            .collect();
-        let result = if groups.is_empty() {
-            Ok(vec![])
-        } else {
-            let query =
-                worker_memory_query(self.metric, &groups, self.max_sample_age.as_secs().max(1));
-            let started = Instant::now();
-            let result = self.prometheus.pod_values(&query).await;
-            self.metrics
-                .guard
-                .observe_query(started.elapsed(), result.is_err());
-            result
+        let samples = share(&guarded.measured(), &*answer.await);
+        let Ok(_acting) = bound.acquire().await else {
+            return;
         };
         let now = jiff::Timestamp::now();
-
-        let samples: BTreeMap<String, f64> = match result {
-            Ok(values) => values
-                .into_iter()
-                .filter_map(|(key, bytes)| {
-                    let (_, limit) = limit_of(&key.pod)?;
-                    Some((key.pod, bytes / limit as f64))
-                })
-                .collect(),
-            Err(error) => {
-                tracing::warn!(run = %run.name_any(), %error, "memory guard is blind");
-                self.set_blind(run, &uid, format!("Prometheus query failed: {error}"), now)
-                    .await;
+        let samples = match samples {
+            Ok(samples) => samples,
+            Err(reason) => {
+                self.set_blind(run, uid, reason, now).await;
                 return;
             }
         };
+        let names: Vec<&str> = marked.iter().map(|w| w.pod).collect();
         // A worker that started a moment ago may not be scraped yet; one without a readable
         // limit cannot be measured at all.
         let unseen: Vec<&str> = live
@@ -201,7 +264,7 @@ impl Poller {
             })
             .map(|(p, _)| p.metadata.name.as_deref().unwrap_or_default())
             .collect();
-        self.view.update(&uid, |memory| {
+        self.view.update(uid, |memory| {
             memory.pods.retain(|pod, _| names.contains(&pod.as_str()));
             for (pod, fraction) in &samples {
                 let seen = memory.pods.entry(pod.clone()).or_default();
@@ -216,9 +279,9 @@ impl Poller {
             }
         });
         if unseen.is_empty() {
-            self.clear_blind(run, &uid).await;
+            self.clear_blind(run, uid).await;
         } else {
-            self.set_blind(run, &uid, unseen_reason(&unseen), now).await;
+            self.set_blind(run, uid, unseen_reason(&unseen), now).await;
         }
 
         let workers: Vec<Worker> = marked
@@ -229,9 +292,9 @@ impl Poller {
             })
             .collect();
         let decisions = decide(&run.spec.memory_guard, &workers);
-        let decisions = self.resize_first(run, &namespace, decisions, &live).await;
-        self.act_all(run, &namespace, decisions, &live).await;
-        if self.view.get(&uid) != before {
+        let decisions = self.resize_first(run, namespace, decisions, live).await;
+        self.act_all(run, namespace, decisions, live).await;
+        if self.view.get(uid) != before {
             let _ = self.trigger.unbounded_send(ObjectRef::from_obj(run));
         }
     }
