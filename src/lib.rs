@@ -1,7 +1,9 @@
 //! batchguard: runs big data jobs as many small, memory-guarded worker Jobs.
 //!
 //! `api` holds the BatchRun resource, `plan` the pure core that decides, `controller` the thin
-//! shell that observes and applies, `worker` the contract with the worker processes.
+//! shell that observes and applies, `guard` the memory poller beside it, `worker` the contract
+//! with the worker processes. docs/architecture.md walks through the flow, the exactly-once
+//! protocol and which module owns what.
 
 pub mod admin;
 pub mod api;

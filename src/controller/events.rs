@@ -2,10 +2,11 @@
 //! asked for, the run's end, and reconciles that fail.
 //! Successful batches are not announced one by one.
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType};
 
 use super::Error;
-use crate::api::bytes_quantity;
+use crate::api::{RecordRange, bytes_quantity};
 use crate::plan::{Notice, RunState, Settled};
 
 /// The reason of the Warning Event a failed reconcile publishes on its run.
@@ -23,7 +24,24 @@ pub fn failure_event(error: &Error) -> Event {
     }
 }
 
-pub fn event_for(notice: &Notice) -> Option<Event> {
+/// The Event for a notice. A batch's Event names the batch's Job as its related object: the
+/// recorder folds Events by reason, action and objects (not by note), so without it two
+/// batches continued in one reconcile would show as one Event with one batch's note.
+pub fn event_for(
+    notice: &Notice,
+    job_of: impl Fn(RecordRange, u32) -> ObjectReference,
+) -> Option<Event> {
+    let event = batch_or_run_event(notice)?;
+    Some(match notice {
+        Notice::Settled { range, attempt, .. } => Event {
+            secondary: Some(job_of(*range, *attempt)),
+            ..event
+        },
+        _ => event,
+    })
+}
+
+fn batch_or_run_event(notice: &Notice) -> Option<Event> {
     let event = |type_, reason: &str, note: String, action: &str| Event {
         type_,
         reason: reason.into(),
@@ -146,4 +164,55 @@ pub fn event_for(notice: &Notice) -> Option<Event> {
 fn joined(pieces: &[crate::api::RecordRange]) -> String {
     let pieces: Vec<String> = pieces.iter().map(|p| p.to_string()).collect();
     pieces.join(" and ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::GuardAction;
+
+    fn continued(start: u64) -> Notice {
+        let range = RecordRange::new(start, start + 200);
+        let remainder = RecordRange::new(start + 50, start + 200);
+        Notice::Settled {
+            range,
+            attempt: 1,
+            settled: Settled::Stopped {
+                action: GuardAction::Drain,
+                remainder,
+                pieces: vec![remainder],
+            },
+        }
+    }
+
+    fn job_of(range: RecordRange, attempt: u32) -> ObjectReference {
+        ObjectReference {
+            kind: Some("Job".into()),
+            name: Some(format!("etl-{}-a{attempt}", range.start)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_batch_event_names_its_own_job_so_the_recorder_keeps_them_apart() {
+        let first = event_for(&continued(0), job_of).unwrap();
+        let second = event_for(&continued(200), job_of).unwrap();
+        assert_eq!(
+            (first.reason.as_str(), first.action.as_str()),
+            (second.reason.as_str(), second.action.as_str())
+        );
+        assert_eq!(first.secondary.unwrap().name.as_deref(), Some("etl-0-a1"));
+        assert_eq!(
+            second.secondary.unwrap().name.as_deref(),
+            Some("etl-200-a1")
+        );
+    }
+
+    #[test]
+    fn run_events_name_no_job() {
+        let finished = Notice::Finished(RunState::Succeeded {
+            message: "done".into(),
+        });
+        assert_eq!(event_for(&finished, job_of).unwrap().secondary, None);
+    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -16,7 +16,7 @@ use super::events::event_for;
 use super::job::build_job;
 use super::{Context, Error};
 use crate::api::kube_facts::job_memory_bytes;
-use crate::api::labels::{RESULT_FINALIZER, finalizer_removal};
+use crate::api::labels::{RESULT_FINALIZER, finalizer_removal, job_name};
 use crate::api::{BatchReason, BatchRun};
 use crate::metrics::RunFigures;
 use crate::plan::{Holding, Notice, Plan, Settled};
@@ -181,7 +181,14 @@ pub async fn execute(
 
     for notice in &plan.notices {
         count(ctx, notice);
-        if let Some(event) = event_for(notice) {
+        let job_of = |range, attempt| ObjectReference {
+            api_version: Some("batch/v1".into()),
+            kind: Some("Job".into()),
+            name: Some(job_name(&name, uid, range, attempt)),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        };
+        if let Some(event) = event_for(notice, job_of) {
             if let Err(e) = ctx.recorder.publish(&event, &run.object_ref(&())).await {
                 tracing::warn!(error = %e, "could not publish an event");
             }
