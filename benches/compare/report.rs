@@ -204,6 +204,12 @@ pub fn chart(r: &Value, path: &str) {
         .filter(|v| v.is_finite())
         .fold(1.3, f64::max)
         * 1.1;
+    let bottom = series
+        .iter()
+        .flat_map(|s| s.2.iter().map(|p| p.1))
+        .filter(|v| v.is_finite())
+        .fold(0.9, f64::min)
+        * 0.9;
     let reps = series.iter().map(|s| s.2.len()).max().unwrap_or(1).max(1) as f64;
     let mut c = ChartBuilder::on(&panels[0])
         .caption(
@@ -213,7 +219,7 @@ pub fn chart(r: &Value, path: &str) {
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(50)
-        .build_cartesian_2d(0.5..reps + 0.5, 0.8..top)
+        .build_cartesian_2d(0.5..reps + 0.5, bottom..top)
         .unwrap();
     c.configure_mesh()
         .x_desc("repetition")
@@ -279,7 +285,7 @@ pub fn chart(r: &Value, path: &str) {
         .unwrap();
     c.configure_mesh()
         .disable_x_mesh()
-        .x_labels(3)
+        .x_labels(4)
         .x_label_formatter(&|x| {
             steps
                 .get(*x as usize)

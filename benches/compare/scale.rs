@@ -31,8 +31,9 @@ pub async fn growing_runs(client: &Client, sizes: &[u64]) -> serde_json::Value {
             json!({"batches": batches, "seconds": seconds, "peak_rss_mib": rss,
             "cpu_seconds": cpu, "status_bytes": status_bytes}),
         );
-        drop(operator);
+        // The operator releases its runs' finalizers: clean up before it stops.
         settle(client, &ns.name).await;
+        drop(operator);
     }
     json!(rows)
 }
