@@ -25,13 +25,6 @@ use kube::api::PostParams;
 use serde_json::json;
 use support::*;
 
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// The worker: grows `rate` MiB/s in 100 ms steps on the run's first batch; the continuation
 /// after the drain only finishes the records. At SIGTERM it reports the reaction.
 const WORKER: &str = r#"
@@ -95,13 +88,13 @@ fn main() {
 
 async fn bench() {
     let node = RealNode::from_env();
-    let rates: Vec<f64> = env("BENCH_RATES", "5,10,20".to_string())
+    let rates: Vec<f64> = env_or("BENCH_RATES", "5,10,20".to_string())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let reps: usize = env("BENCH_REPS", 5);
-    let limit_mib: u64 = env("BENCH_LIMIT_MIB", 256);
-    let threshold: u32 = env("BENCH_THRESHOLD", 85);
+    let reps: usize = env_or("BENCH_REPS", 5);
+    let limit_mib: u64 = env_or("BENCH_LIMIT_MIB", 256);
+    let threshold: u32 = env_or("BENCH_THRESHOLD", 85);
     let poll = 1;
     let client = client().await;
     install_crd(&client).await;
@@ -196,7 +189,7 @@ async fn bench() {
             f("headroom_mib", "min"),
         );
     }
-    let out = env(
+    let out = env_or(
         "BENCH_OUT",
         concat!(env!("CARGO_MANIFEST_DIR"), "/benches/results").to_string(),
     );

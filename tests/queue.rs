@@ -31,17 +31,6 @@ fn queued_run(name: &str, queue: &str, batches: u64, duration: &str) -> BatchRun
     )
 }
 
-async fn create_queue(client: &Client, namespace: &str, name: &str, memory: &str) {
-    let queue: BatchQueue = serde_yaml::from_str(&format!(
-        "apiVersion: batchguard.dev/v1alpha1\nkind: BatchQueue\nmetadata: {{name: {name}}}\nspec: {{memory: {memory}, maxBatches: 50}}\n"
-    ))
-    .unwrap();
-    Api::<BatchQueue>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &queue)
-        .await
-        .expect("BatchQueue created");
-}
-
 /// What the sampler saw of a queue's workers.
 #[derive(Default)]
 struct Samples {
@@ -115,6 +104,7 @@ async fn a_burst_of_runs_shares_the_budget_fairly_and_never_exceeds_it() {
         &ns,
         "month-end",
         &format!("{}Mi", 3 * WORKER_MI),
+        Some(50),
     )
     .await;
     let (samples, sampler) = sample_workers(&setup.client, &ns, "month-end");
@@ -232,6 +222,7 @@ async fn the_budget_holds_while_the_operator_is_killed_during_a_burst() {
         &ns,
         "shared",
         &format!("{}Mi", 2 * WORKER_MI),
+        Some(50),
     )
     .await;
     let (samples, sampler) = sample_workers(&setup.client, &ns, "shared");
@@ -268,6 +259,7 @@ async fn a_lowered_budget_admits_nothing_new_until_usage_falls_under_it() {
         &ns,
         "nightly",
         &format!("{}Mi", 4 * WORKER_MI),
+        Some(50),
     )
     .await;
     let (samples, sampler) = sample_workers(&setup.client, &ns, "nightly");
@@ -414,7 +406,7 @@ spec:
     );
 
     // A queue too small for even one worker is reported as such.
-    create_queue(&setup.client, &ns, "missing", "64Mi").await;
+    create_queue(&setup.client, &ns, "missing", "64Mi", Some(50)).await;
     let small = wait_for(
         "ExceedsQueueBudget",
         Duration::from_secs(30),
@@ -463,7 +455,14 @@ spec:
 async fn a_drained_worker_holds_its_memory_until_its_pod_is_gone() {
     let setup = Setup::new("queue-drain").await;
     let ns = setup.ns.name.clone();
-    create_queue(&setup.client, &ns, "etl", &format!("{}Mi", 2 * WORKER_MI)).await;
+    create_queue(
+        &setup.client,
+        &ns,
+        "etl",
+        &format!("{}Mi", 2 * WORKER_MI),
+        Some(50),
+    )
+    .await;
     let (samples, sampler) = sample_workers(&setup.client, &ns, "etl");
     // First attempts grow 20Mi/s, cross 85% of 128Mi after about 5.5 s and are drained with a
     // 3 s grace, checkpointing 50 records; continuations finish. A second run fills the gaps.

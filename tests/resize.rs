@@ -71,17 +71,6 @@ spec:
     ))
 }
 
-async fn create_queue(client: &Client, namespace: &str, name: &str, memory: &str) {
-    let queue: BatchQueue = serde_yaml::from_str(&format!(
-        "apiVersion: batchguard.dev/v1alpha1\nkind: BatchQueue\nmetadata: {{name: {name}}}\nspec: {{memory: {memory}}}\n"
-    ))
-    .unwrap();
-    Api::<BatchQueue>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &queue)
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn a_worker_over_the_threshold_grows_in_place_and_completes_in_one_attempt() {
     let node = RealNode::from_env();
@@ -91,7 +80,7 @@ async fn a_worker_over_the_threshold_grows_in_place_and_completes_in_one_attempt
         operator,
         runs,
     } = Setup::new("resize").await;
-    create_queue(&client, &ns.name, "roomy", "1Gi").await;
+    create_queue(&client, &ns.name, "roomy", "1Gi", None).await;
     runs.create(&PostParams::default(), &run(&node, "grows", 24, "roomy"))
         .await
         .unwrap();
@@ -171,7 +160,7 @@ async fn a_worker_whose_queue_has_no_room_to_grow_is_drained_instead() {
         operator,
         runs,
     } = Setup::new("resize-full").await;
-    create_queue(&client, &ns.name, "tight", "160Mi").await;
+    create_queue(&client, &ns.name, "tight", "160Mi", None).await;
     runs.create(&PostParams::default(), &run(&node, "tight", 12, "tight"))
         .await
         .unwrap();
@@ -244,7 +233,7 @@ async fn a_resize_the_node_has_no_room_for_is_given_up_and_the_worker_drained() 
         operator,
         runs,
     } = Setup::new("resize-node").await;
-    create_queue(&client, &ns.name, "roomy", "1Gi").await;
+    create_queue(&client, &ns.name, "roomy", "1Gi", None).await;
     // A pause pod takes all but 150Mi of the node's memory: the worker's 96Mi fits, the 96Mi
     // more it would grow by does not, so the kubelet defers the resize.
     let filler = unrequested_bytes(&client, &node.name).await - 150 * MIB;

@@ -93,7 +93,7 @@ pub fn planner_status_size(batches: u64, batch_size: u64, parallelism: u32) -> u
             .wrapping_add(1442695040888963407);
         let index = running[(seed >> 33) as usize % running.len()];
         let attempt = &mut attempts[index];
-        let fail = (seed >> 20) % 50 == 0 && attempt.attempt == 1;
+        let fail = (seed >> 20).is_multiple_of(50) && attempt.attempt == 1;
         let range: RecordRange = attempt.range;
         let message = format!(
             r#"{{"records":{},"sums":{{"amount":1.5,"tax":0.25}},"outputs":["s3://bucket/run/part-{}.parquet"]}}"#,

@@ -54,7 +54,7 @@ pub fn bytes_quantity(bytes: u64) -> String {
         .iter()
         .zip((1..=6).rev())
         .map(|(suffix, power)| (suffix, 1u64 << (10 * power)))
-        .find(|(_, unit)| bytes > 0 && bytes % unit == 0)
+        .find(|(_, unit)| bytes > 0 && bytes.is_multiple_of(*unit))
         .map(|(suffix, unit)| format!("{}{suffix}", bytes / unit))
         .unwrap_or_else(|| bytes.to_string())
 }

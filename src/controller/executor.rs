@@ -188,10 +188,10 @@ pub async fn execute(
             namespace: Some(namespace.clone()),
             ..Default::default()
         };
-        if let Some(event) = event_for(notice, job_of) {
-            if let Err(e) = ctx.recorder.publish(&event, &run.object_ref(&())).await {
-                tracing::warn!(error = %e, "could not publish an event");
-            }
+        if let Some(event) = event_for(notice, job_of)
+            && let Err(e) = ctx.recorder.publish(&event, &run.object_ref(&())).await
+        {
+            tracing::warn!(error = %e, "could not publish an event");
         }
     }
 

@@ -50,14 +50,14 @@ pub async fn reconcile(queue: Arc<BatchQueue>, ctx: Arc<Context>) -> Result<Acti
             );
             status
         }
-        Err(message) => BatchQueueStatus {
+        Err(invalid) => BatchQueueStatus {
             observed_generation: generation,
             conditions: vec![condition(
                 &old.conditions,
                 "Ready",
                 ConditionStatus::False,
                 "InvalidSpec",
-                &message,
+                &invalid.to_string(),
                 None,
                 Timestamp::now(),
             )],

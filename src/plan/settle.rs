@@ -300,10 +300,10 @@ fn failed(
     let policy = settling.policy;
     let ran_with = settling.ran_with();
     let mut rest = range;
-    if let Some(result) = partial {
-        if ledger.add_result(result.done(range), &result).is_ok() {
-            rest = result.remainder(range);
-        }
+    if let Some(result) = partial
+        && ledger.add_result(result.done(range), &result).is_ok()
+    {
+        rest = result.remainder(range);
     }
     let message = truncate(&message, MAX_FAILURE_MESSAGE);
     let oom = reason == BatchReason::OomKilled;
@@ -346,10 +346,10 @@ fn failed(
 /// An OOM-killed rest runs again with more memory (when the run asks for it, or it is one
 /// record) or in halves; `None` for one record that cannot grow.
 fn after_oom(ledger: &mut Ledger, settling: &Settling, rest: RecordRange) -> Option<Settled> {
-    if settling.policy.on_oom == OnOom::Grow || rest.len() == 1 {
-        if let Some(more) = settling.grow(ledger, rest, BatchReason::OomKilled) {
-            return Some(more);
-        }
+    if (settling.policy.on_oom == OnOom::Grow || rest.len() == 1)
+        && let Some(more) = settling.grow(ledger, rest, BatchReason::OomKilled)
+    {
+        return Some(more);
     }
     if rest.len() <= 1 {
         return None;

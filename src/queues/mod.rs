@@ -20,7 +20,7 @@ use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 
 use crate::api::labels::QUEUE;
-use crate::api::{BatchQueue, BatchRun, Phase, memory_bytes};
+use crate::api::{BadQuantity, BatchQueue, BatchRun, Phase, memory_bytes};
 use crate::plan::{Budget, Demand, Holding};
 
 /// A created Job the cache has not shown within this long was never created after all.
@@ -216,8 +216,13 @@ pub fn created(run: &BatchRun) -> jiff::Timestamp {
 }
 
 /// A queue's limits, or why it has none.
-pub fn budget_of(queue: &BatchQueue) -> Result<Budget, String> {
-    let memory_bytes = memory_bytes(&queue.spec.memory).map_err(|e| format!("spec.memory: {e}"))?;
+/// A BatchQueue whose budget cannot be read; its message names the field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("spec.memory: {0}")]
+pub struct InvalidBudget(#[from] BadQuantity);
+
+pub fn budget_of(queue: &BatchQueue) -> Result<Budget, InvalidBudget> {
+    let memory_bytes = memory_bytes(&queue.spec.memory)?;
     Ok(Budget {
         memory_bytes,
         max_batches: queue.spec.max_batches,

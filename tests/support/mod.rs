@@ -474,6 +474,34 @@ spec:
     ))
 }
 
+/// Creates a BatchQueue of `memory`, with `max_batches` when given.
+pub async fn create_queue(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    memory: &str,
+    max_batches: Option<u32>,
+) {
+    let max_batches = max_batches.map_or(String::new(), |m| format!(", maxBatches: {m}"));
+    let queue: BatchQueue = serde_yaml::from_str(&format!(
+        "apiVersion: batchguard.dev/v1alpha1\nkind: BatchQueue\nmetadata: {{name: {name}}}\nspec: {{memory: {memory}{max_batches}}}\n"
+    ))
+    .unwrap();
+    Api::<BatchQueue>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &queue)
+        .await
+        .expect("BatchQueue created");
+}
+
+/// A benchmark knob: the environment variable `name` parsed, or `default` when unset or
+/// unreadable.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn sum_of_offsets(end: u64) -> f64 {
     (0..end).sum::<u64>() as f64
 }
