@@ -28,12 +28,25 @@ pub struct Load {
     pub foreign_cores: f64,
     /// The busiest processes outside the cluster, with their cores.
     pub foreign_top: Vec<(String, f64)>,
+    /// Where the cluster's CPU went: its components (apiserver, etcd, controller manager,
+    /// operator, …) by command name, busiest first.
+    pub cluster_by_component: Vec<(String, f64)>,
     pub loadavg_1m: f64,
 }
 
 impl Load {
     pub fn quiet(&self) -> bool {
         self.foreign_cores <= FOREIGN_LIMIT_CORES
+    }
+
+    /// The CPU seconds of the cluster's busiest components, e.g. "kube-apiserver 9.8 s, etcd
+    /// 3.1 s": work done, whatever the repetition's length.
+    pub fn describe_components(&self) -> String {
+        self.cluster_by_component
+            .iter()
+            .map(|(name, cores)| format!("{name} {:.1} s", cores * self.seconds))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     pub fn describe(&self) -> String {
@@ -109,30 +122,37 @@ pub fn between(before: &Sample, after: &Sample, operators: &[u32]) -> Load {
     let hz = 100.0;
     let ours = cluster_pids(after, operators);
     let mut cluster = 0u64;
+    let mut components: BTreeMap<String, u64> = BTreeMap::new();
     let mut foreign: BTreeMap<String, u64> = BTreeMap::new();
     for (pid, (comm, ppid, ticks)) in &after.processes {
         let used = ticks.saturating_sub(before.processes.get(pid).map_or(0, |p| p.2));
         if ours.contains(pid) {
             cluster += used;
+            *components.entry(comm.clone()).or_default() += used;
         } else if *ppid != 2 && *pid != 2 {
             // Kernel threads (children of kthreadd) are the kernel's work, not a competitor.
             *foreign.entry(comm.clone()).or_default() += used;
         }
     }
     let cores = |ticks: u64| ticks as f64 / hz / seconds;
-    let mut top: Vec<(String, f64)> = foreign
-        .iter()
-        .map(|(name, ticks)| (name.clone(), cores(*ticks)))
-        .filter(|(_, c)| *c >= 0.01)
-        .collect();
-    top.sort_by(|a, b| b.1.total_cmp(&a.1));
-    top.truncate(3);
+    let busiest = |by_name: &BTreeMap<String, u64>, keep: usize| {
+        let mut top: Vec<(String, f64)> = by_name
+            .iter()
+            .map(|(name, ticks)| (name.clone(), cores(*ticks)))
+            .filter(|(_, c)| *c >= 0.01)
+            .collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1));
+        top.truncate(keep);
+        top
+    };
+    let top = busiest(&foreign, 3);
     Load {
         seconds,
         machine_cores: cores(after.busy.saturating_sub(before.busy)),
         cluster_cores: cores(cluster),
         foreign_cores: cores(foreign.values().sum()),
         foreign_top: top,
+        cluster_by_component: busiest(&components, 8),
         loadavg_1m: std::fs::read_to_string("/proc/loadavg")
             .ok()
             .and_then(|l| l.split_whitespace().next()?.parse().ok())

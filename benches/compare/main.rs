@@ -18,6 +18,7 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod apiserver;
 mod load;
 mod makespan;
 mod many;
@@ -29,14 +30,8 @@ mod synthetic;
 mod workloads;
 
 use serde_json::json;
+use support::env_or;
 use workloads::Work;
-
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -47,7 +42,7 @@ fn main() {
 }
 
 async fn bench() {
-    let parts: Vec<String> = env(
+    let parts: Vec<String> = env_or(
         "BENCH_PARTS",
         "makespan,wide,many,scale,planner".to_string(),
     )
@@ -55,7 +50,7 @@ async fn bench() {
     .map(|p| p.trim().to_string())
     .collect();
     let wants = |part: &str| parts.iter().any(|p| p == part);
-    let out = env(
+    let out = env_or(
         "BENCH_OUT",
         concat!(env!("CARGO_MANIFEST_DIR"), "/benches/results").to_string(),
     );
@@ -65,12 +60,12 @@ async fn bench() {
 
     if wants("makespan") {
         let work = Work {
-            batches: env("BENCH_BATCHES", 1000),
-            duration: env("BENCH_DURATION", "2s".to_string()),
-            parallelism: env("BENCH_PARALLELISM", 50),
+            batches: env_or("BENCH_BATCHES", 1000),
+            duration: env_or("BENCH_DURATION", "2s".to_string()),
+            parallelism: env_or("BENCH_PARALLELISM", 50),
         };
         results["makespan"] =
-            makespan::head_to_head(&client, "makespan", &work, env("BENCH_REPS", 5)).await;
+            makespan::head_to_head(&client, "makespan", &work, env_or("BENCH_REPS", 5)).await;
     }
     if wants("wide") {
         let work = Work {
@@ -79,23 +74,23 @@ async fn bench() {
             parallelism: 100,
         };
         results["wide"] =
-            makespan::head_to_head(&client, "wide", &work, env("BENCH_WIDE_REPS", 3)).await;
+            makespan::head_to_head(&client, "wide", &work, env_or("BENCH_WIDE_REPS", 3)).await;
     }
     if wants("many") {
         let many = many::Many {
-            runs: env("BENCH_MANY_RUNS", 100),
+            runs: env_or("BENCH_MANY_RUNS", 100),
             work: Work {
-                batches: env("BENCH_MANY_BATCHES", 100),
+                batches: env_or("BENCH_MANY_BATCHES", 100),
                 duration: "1s".into(),
-                parallelism: env("BENCH_MANY_PARALLELISM", 5),
+                parallelism: env_or("BENCH_MANY_PARALLELISM", 5),
             },
-            queue_max_batches: env("BENCH_MANY_QUEUE", 100),
+            queue_max_batches: env_or("BENCH_MANY_QUEUE", 100),
             poll_seconds: 1.0,
         };
         results["many"] = many::many_runs(&client, &many).await;
     }
     if wants("scale") {
-        let sizes: Vec<u64> = env("BENCH_SCALE", "100,1000,10000".to_string())
+        let sizes: Vec<u64> = env_or("BENCH_SCALE", "100,1000,10000".to_string())
             .split(',')
             .filter_map(|s| s.trim().parse().ok())
             .collect();

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use kube::Client;
 use serde_json::json;
 
+use crate::apiserver;
 use crate::load;
 use crate::pipeline::{Latencies, Recorder, Spread};
 use crate::stats::{median, min_max};
@@ -43,6 +44,7 @@ pub async fn head_to_head(
         for batchguard_turn in [rep % 2 == 0, rep % 2 != 0] {
             let recorder = Recorder::start(client, &ns.name).await;
             let start = load::sample();
+            let writes_before = apiserver::writes(client).await;
             if batchguard_turn {
                 let before = scrape(&operator).await;
                 let run = batch_run_of(&format!("bench-{rep}"), work, None);
@@ -53,19 +55,29 @@ pub async fn head_to_head(
                     *per_batch.entry(key).or_default() += value / work.batches as f64 / reps as f64;
                 }
                 let load = load::between(&start, &load::sample(), &[operator.pid()]);
+                let writes = apiserver::per_batch(
+                    &writes_before,
+                    &apiserver::writes(client).await,
+                    work.batches,
+                );
                 let latencies = recorder.latencies(work.parallelism as usize, true);
                 let reconcile = |q| {
                     histogram_quantile(&before, &after, "batchguard_reconcile_duration_seconds", q)
                         * 1e3
                 };
                 reconciles.push((reconcile(0.5), reconcile(0.99)));
-                bg = Some((seconds, load, latencies));
+                bg = Some((seconds, load, latencies, writes));
             } else {
                 let job_spec = indexed_job_of(&format!("indexed-{rep}"), work);
                 let seconds = run_indexed_jobs(client, &ns.name, vec![job_spec]).await;
                 let load = load::between(&start, &load::sample(), &[operator.pid()]);
+                let writes = apiserver::per_batch(
+                    &writes_before,
+                    &apiserver::writes(client).await,
+                    work.batches,
+                );
                 let latencies = recorder.latencies(work.parallelism as usize, false);
-                job = Some((seconds, load, latencies));
+                job = Some((seconds, load, latencies, writes));
             }
             drop(recorder);
             settle(client, &ns.name).await;
@@ -84,8 +96,13 @@ pub async fn head_to_head(
                 "  (not counted: the CPU was shared, see below)"
             }
         );
-        for (who, (_, load, latencies)) in [("batchguard", &bg), ("Indexed Job", &job)] {
+        for (who, (_, load, latencies, writes)) in [("batchguard", &bg), ("Indexed Job", &job)] {
             println!("   {who:<11} during: {}", load.describe());
+            println!("   {who:<11} cluster CPU: {}", load.describe_components());
+            println!(
+                "   {who:<11} apiserver writes: {}",
+                apiserver::describe(writes)
+            );
             println!("   {who:<11} pipeline: {}", describe(latencies));
         }
         let (r50, r99) = reconciles[rep];
@@ -96,6 +113,7 @@ pub async fn head_to_head(
             "batchguard_seconds": bg.0, "indexed_job_seconds": job.0, "ratio": ratio, "counted": quiet,
             "load_before": quiet_before, "load_batchguard": bg.1, "load_indexed_job": job.1,
             "pipeline_batchguard": bg.2.json(), "pipeline_indexed_job": job.2.json(),
+            "apiserver_writes_per_batch_batchguard": bg.3, "apiserver_writes_per_batch_indexed_job": job.3,
             "reconcile_p50_ms": reconciles[rep].0, "reconcile_p99_ms": reconciles[rep].1,
         }));
     }

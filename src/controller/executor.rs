@@ -137,14 +137,19 @@ pub async fn execute(
                 {
                     queue.unexpect(&job_name);
                 }
+                let batch = (launch.range, launch.attempt);
                 match created {
                     Ok(_) => {
                         tracing::info!(range = %launch.range, attempt = launch.attempt, "launched batch");
                         ctx.setbacks.accepted(uid);
+                        ctx.expectations.created(uid, &job_name, batch);
                         Ok(())
                     }
                     // Same name, same batch attempt: it was launched already.
-                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        ctx.expectations.created(uid, &job_name, batch);
+                        Ok(())
+                    }
                     // The apiserver will not take this Job as it is (invalid, forbidden by
                     // quota or admission): the run says so and backs off.
                     Err(kube::Error::Api(e)) if refuses(e.code) => {
@@ -171,7 +176,17 @@ pub async fn execute(
     let removed = stream::iter(removals)
         .map(|removal| {
             let (jobs, pods) = (jobs.clone(), pods.clone());
-            async move { remove(removal, &jobs, &pods).await }
+            async move {
+                let job = match &removal {
+                    Removal::Job(name) => Some(name.clone()),
+                    Removal::Pod(_) => None,
+                };
+                remove(removal, &jobs, &pods).await?;
+                if let Some(job) = job {
+                    ctx.expectations.deleted(uid, &job);
+                }
+                Ok(())
+            }
         })
         .buffer_unordered(IN_FLIGHT)
         .collect::<Vec<_>>();

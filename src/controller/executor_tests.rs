@@ -171,6 +171,7 @@ fn context(client: Client, metrics: Arc<Metrics>, pods: Store<Pod>) -> Context {
         queues: Default::default(),
         setbacks: Default::default(),
         last_writes: Default::default(),
+        expectations: Default::default(),
     }
 }
 

@@ -6,6 +6,7 @@ mod events;
 mod executor;
 #[cfg(test)]
 mod executor_tests;
+mod expectations;
 pub mod job;
 pub mod observe;
 mod queue_status;
@@ -56,6 +57,8 @@ pub struct Context {
     pub setbacks: setbacks::Setbacks,
     /// The last status this process wrote, per run: when the cache shows it, no fresh read.
     pub last_writes: written::LastWrites,
+    /// Jobs created or deleted that the Job cache does not show yet, per run.
+    pub expectations: expectations::Expectations,
 }
 
 /// How the memory guard runs, when it does.
@@ -137,6 +140,7 @@ pub async fn run(
         queues: Default::default(),
         setbacks: Default::default(),
         last_writes: Default::default(),
+        expectations: Default::default(),
     });
     let pod_store = pods.clone();
     let job_store = jobs.clone();

@@ -104,6 +104,8 @@ async fn apply(cached: &BatchRun, api: &Api<BatchRun>, ctx: &Context) -> Result<
         &worker,
     );
     let pod_refused = pod_refusals(&mut attempts, &owned.jobs, &namespace, ctx).await?;
+    ctx.expectations
+        .apply(&uid, &mut attempts, jiff::Timestamp::now());
     let strangers = owned.strangers;
     let with_strangers = |mut plan: Plan| {
         plan.release.extend(strangers.iter().cloned());
@@ -202,10 +204,10 @@ fn seat(
     };
     let budget = match budget_of(&queue) {
         Ok(budget) => budget,
-        Err(message) => {
+        Err(invalid) => {
             return refuse(
                 "InvalidQueue",
-                format!("BatchQueue {queue_name}: {message}"),
+                format!("BatchQueue {queue_name}: {invalid}"),
             );
         }
     };
@@ -343,6 +345,7 @@ async fn cleanup(run: &BatchRun, ctx: &Context) -> Result<Action, Error> {
     let namespace = run.namespace().ok_or(Error::NoNamespace)?;
     let uid = run.uid().unwrap_or_default();
     ctx.last_writes.forget(&uid);
+    ctx.expectations.forget(&uid);
     let selector = format!("{RUN_UID}={uid}");
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
