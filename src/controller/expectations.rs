@@ -96,7 +96,8 @@ fn fold(pending: &mut Pending, attempts: &mut Vec<ObservedAttempt>, now: Timesta
             .iter_mut()
             .find(|a| a.range == created.range && a.attempt == created.attempt)
         {
-            // Its pod is cached before the Job itself.
+            // An attempt of this batch already observed without its Job (the controller's
+            // observer drops such pods today; the fold does not rely on it).
             Some(attempt) => attempt.job = Some(placeholder),
             None => attempts.push(ObservedAttempt {
                 range: created.range,
